@@ -1,0 +1,178 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import cors from '@fastify/cors';
+import helmet from '@fastify/helmet';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
+import { PROTOCOL_VERSION } from '@secureconnect/protocol';
+import { Type } from 'typebox';
+import type { Config } from './config.js';
+import type { AppContext } from './context.js';
+import { openBus } from './infra/bus/index.js';
+import { openDatabase } from './infra/db/index.js';
+import { migrateToLatest } from './infra/db/migrate.js';
+import { EventLog } from './infra/eventlog.js';
+import { createLogger, type Logger } from './infra/logger.js';
+import { Limiters, consumeOrThrow } from './infra/ratelimit.js';
+import { makeRequireAuth } from './http/auth-hook.js';
+import { installErrorHandling } from './http/errors.js';
+import type { ModuleOptions } from './http/module.js';
+import { authRoutes, createAuthService } from './modules/auth/index.js';
+import { createUsersService, usersRoutes } from './modules/users/index.js';
+import { conversationsRoutes, createConversationsService } from './modules/conversations/index.js';
+import { createMessagesService, messagesRoutes } from './modules/messages/index.js';
+import { createPresenceService, presenceRoutes } from './modules/presence/index.js';
+import { Gateway } from './realtime/gateway.js';
+import type { Services } from './services.js';
+
+export type HttpApp = FastifyInstance;
+
+export interface App {
+  fastify: HttpApp;
+  ctx: AppContext;
+  services: Services;
+  gateway: Gateway;
+  /** Listens on config.host:config.port (0 = random); returns the base URL. */
+  listen(): Promise<string>;
+  /** Graceful shutdown: stop accepting, tell sockets to reconnect, drain, close (AF-O4, AF-R4). */
+  close(): Promise<void>;
+}
+
+export interface BuildOptions {
+  logger?: Logger;
+}
+
+export async function buildApp(config: Config, opts: BuildOptions = {}): Promise<App> {
+  const log = opts.logger ?? createLogger({ level: config.logLevel, nodeId: config.nodeId });
+  const database = openDatabase(config, log);
+  if (config.autoMigrate) await migrateToLatest(database.db as never, database.dialect);
+  const bus = openBus(config, log);
+  const limiters = new Limiters(bus, config.redis.prefix);
+  const events = new EventLog(database, bus, log);
+  const ctx: AppContext = { config, log, database, bus, limiters, events };
+
+  const auth = createAuthService(ctx);
+  const users = createUsersService(ctx);
+  const conversations = createConversationsService(ctx, { users });
+  const messages = createMessagesService(ctx, { conversations });
+  const presence = createPresenceService(ctx, { conversations, users });
+  const services: Services = { auth, users, conversations, messages, presence };
+
+  // Fastify's instance type is generic over the logger; widen once so plugins see the default type.
+  const httpLog: FastifyBaseLogger = log;
+  const fastify = Fastify({
+    loggerInstance: httpLog,
+    bodyLimit: config.bodyLimitBytes,
+    trustProxy: config.trustedProxies.length > 0 ? config.trustedProxies : false,
+    genReqId: () => randomUUID(),
+    return503OnClosing: true,
+    connectionTimeout: 30_000,
+    requestTimeout: 30_000,
+    keepAliveTimeout: 10_000,
+    routerOptions: { maxParamLength: 200 },
+  });
+  fastify.setValidatorCompiler(TypeBoxValidatorCompiler);
+  fastify.decorateRequest('auth', null);
+  installErrorHandling(fastify);
+  fastify.addHook('onSend', async (request, reply) => {
+    void reply.header('x-request-id', request.id);
+  });
+
+  const hsts = config.publicUrl?.startsWith('https:') ?? false;
+  await fastify.register(helmet, {
+    contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"], baseUri: ["'none'"], formAction: ["'none'"] } },
+    hsts: hsts ? { maxAge: 31_536_000, includeSubDomains: true } : false,
+    referrerPolicy: { policy: 'no-referrer' },
+    crossOriginResourcePolicy: { policy: 'same-site' },
+  });
+  await fastify.register(cors, {
+    // An explicit allowlist; an unlisted origin gets no CORS headers at all (AF-S5).
+    origin: (origin, cb) => cb(null, origin !== undefined && config.corsOrigins.includes(origin)),
+    credentials: false,
+    methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
+    allowedHeaders: ['authorization', 'content-type', 'x-request-id'],
+    exposedHeaders: ['x-request-id', 'retry-after'],
+    maxAge: 600,
+  });
+
+  // A per-IP ceiling on all HTTP traffic; routes add their own tighter limits.
+  const ipLimiter = limiters.create({ name: 'http-ip', points: config.httpRateLimitPerMinute, durationSec: 60 });
+  fastify.addHook('onRequest', async (request) => {
+    if (request.url === '/healthz' || request.url === '/readyz') return;
+    await consumeOrThrow(ipLimiter, request.ip);
+  });
+
+  await fastify.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'SecureConnect API', version: `1.0.0 (ws protocol ${PROTOCOL_VERSION})`, description: 'Errors use the catalogue in docs/API.md.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
+    },
+  });
+  await fastify.register(swaggerUi, { routePrefix: '/docs', staticCSP: true });
+  fastify.get('/openapi.json', { schema: { hide: true } }, () => fastify.swagger());
+
+  let shuttingDown = false;
+  fastify.get('/healthz', { schema: { tags: ['ops'], response: { 200: Type.Object({ status: Type.Literal('ok') }) } } }, () => ({ status: 'ok' as const }));
+  fastify.get('/readyz', { schema: { tags: ['ops'] } }, async (_req, reply) => {
+    const timeoutMs = 1_000;
+    const checks = await Promise.allSettled([database.ping(timeoutMs), bus.ping(timeoutMs)]);
+    const result = {
+      status: 'ok' as 'ok' | 'unavailable',
+      checks: {
+        database: checks[0].status === 'fulfilled' ? 'ok' : 'failed',
+        bus: checks[1].status === 'fulfilled' ? 'ok' : 'failed',
+        shuttingDown,
+      },
+    };
+    if (shuttingDown || checks.some((c) => c.status === 'rejected')) {
+      result.status = 'unavailable';
+      return reply.status(503).send(result);
+    }
+    return result;
+  });
+
+  const moduleOpts: ModuleOptions = { ctx, services, requireAuth: makeRequireAuth(auth) };
+  await fastify.register(authRoutes, moduleOpts);
+  await fastify.register(usersRoutes, moduleOpts);
+  await fastify.register(conversationsRoutes, moduleOpts);
+  await fastify.register(messagesRoutes, moduleOpts);
+  await fastify.register(presenceRoutes, moduleOpts);
+
+  const gateway = new Gateway(ctx, services);
+  await fastify.ready();
+
+  await events.start();
+  await auth.start();
+  await presence.start();
+
+  let closing: Promise<void> | undefined;
+  return {
+    fastify,
+    ctx,
+    services,
+    gateway,
+    async listen() {
+      gateway.attach(fastify.server);
+      const address = await fastify.listen({ host: config.host, port: config.port });
+      log.info({ address, node: config.nodeId }, 'listening');
+      return address;
+    },
+    close() {
+      closing ??= (async () => {
+        shuttingDown = true;
+        await gateway.shutdown(config.shutdownGraceMs);
+        await fastify.close();
+        await messages.stop();
+        await presence.stop();
+        await auth.stop();
+        await events.stop();
+        await bus.close();
+        await database.close();
+        log.info('closed');
+      })();
+      return closing;
+    },
+  };
+}

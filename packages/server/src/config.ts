@@ -1,0 +1,251 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { exportJWK, generateKeyPair } from 'jose';
+
+/** Thrown when the environment is invalid; lists every problem at once (AF-S4). */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export type NodeEnv = 'development' | 'production' | 'test';
+
+export interface Config {
+  nodeEnv: NodeEnv;
+  host: string;
+  port: number;
+  dataDir: string;
+  publicUrl: string | null;
+  logLevel: string;
+  corsOrigins: string[];
+  trustedProxies: string[];
+  bodyLimitBytes: number;
+  httpRateLimitPerMinute: number;
+  database: {
+    /** null: embedded SQLite at `<dataDir>/secureconnect.db`. */
+    url: string | null;
+    poolMax: number;
+    statementTimeoutMs: number;
+    connectTimeoutMs: number;
+    sslCaFile: string | null;
+  };
+  redis: { url: string | null; prefix: string; commandTimeoutMs: number };
+  /** JWKs (private, Ed25519). The first signs; all verify (rotation). */
+  jwtSigningKeys: JsonWebKeyWithKid[];
+  accessTokenTtlSec: number;
+  refreshTokenTtlSec: number;
+  ws: {
+    maxConnectionsPerUser: number;
+    maxConnectionsPerNode: number;
+    framesPerSecond: number;
+    frameBurst: number;
+    maxBufferedBytes: number;
+    heartbeatIntervalMs: number;
+  };
+  eventRetentionDays: number;
+  shutdownGraceMs: number;
+  autoMigrate: boolean;
+  nodeId: string;
+}
+
+export interface JsonWebKeyWithKid {
+  kty: string; crv?: string; x?: string; d?: string; kid: string; alg?: string;
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Variables that hold secrets: each may also come from `<NAME>_FILE` (AF-S3). */
+export const SECRET_VARS = ['JWT_SIGNING_KEYS', 'DATABASE_URL', 'REDIS_URL'] as const;
+
+/**
+ * Reads `NAME` or, when `NAME_FILE` is set, the file it points at. Both set is
+ * an error: silently preferring one hides a deployment mistake.
+ */
+function readSecret(env: Env, name: string, problems: string[]): string | undefined {
+  const direct = env[name];
+  const file = env[`${name}_FILE`];
+  if (direct !== undefined && direct !== '' && file) {
+    problems.push(`${name} and ${name}_FILE are both set; set one`);
+    return undefined;
+  }
+  if (file) {
+    try {
+      return readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      problems.push(`${name}_FILE: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      return undefined;
+    }
+  }
+  return direct === '' ? undefined : direct;
+}
+
+function int(env: Env, name: string, def: number, problems: string[], min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    problems.push(`${name} must be an integer between ${min} and ${max} (got "${raw}")`);
+    return def;
+  }
+  return n;
+}
+
+function list(raw: string | undefined): string[] {
+  return (raw ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+function passwordOf(url: string): string {
+  try {
+    return decodeURIComponent(new URL(url).password);
+  } catch {
+    return '';
+  }
+}
+
+const MIN_SECRET_CHARS = 16;
+
+/**
+ * Builds the typed configuration from the environment. Development and test
+ * generate missing signing keys once into the data dir (mode 0600); production
+ * refuses to start without them (AF-S2).
+ */
+export async function loadConfig(env: Env = process.env): Promise<Config> {
+  const problems: string[] = [];
+  const nodeEnvRaw = env.NODE_ENV ?? 'development';
+  if (!['development', 'production', 'test'].includes(nodeEnvRaw)) problems.push(`NODE_ENV must be development, production or test (got "${nodeEnvRaw}")`);
+  const nodeEnv = (['development', 'production', 'test'].includes(nodeEnvRaw) ? nodeEnvRaw : 'development') as NodeEnv;
+  const prod = nodeEnv === 'production';
+
+  const dataDir = resolve(env.DATA_DIR ?? './data');
+  const publicUrl = env.PUBLIC_URL ?? null;
+  if (publicUrl !== null) {
+    try {
+      const u = new URL(publicUrl);
+      if (prod && u.protocol !== 'https:') problems.push('PUBLIC_URL must use https in production (AF-S7)');
+    } catch {
+      problems.push(`PUBLIC_URL is not a URL (got "${publicUrl}")`);
+    }
+  } else if (prod) {
+    problems.push('PUBLIC_URL is required in production (an https URL)');
+  }
+
+  const corsOrigins = list(env.CORS_ORIGINS);
+  for (const o of corsOrigins) {
+    if (o === '*' || o.includes('*')) {
+      if (prod) problems.push('CORS_ORIGINS must not contain a wildcard in production (AF-S5)');
+      else problems.push('CORS_ORIGINS must list exact origins; wildcards are not supported');
+    } else {
+      try {
+        const u = new URL(o);
+        if (u.origin !== o) problems.push(`CORS_ORIGINS entry "${o}" must be an origin like https://app.example.com`);
+        else if (prod && u.protocol !== 'https:') problems.push(`CORS_ORIGINS entry "${o}" must be https in production`);
+      } catch {
+        problems.push(`CORS_ORIGINS entry "${o}" is not an origin`);
+      }
+    }
+  }
+
+  const databaseUrl = readSecret(env, 'DATABASE_URL', problems) ?? null;
+  if (databaseUrl !== null) {
+    if (!/^postgres(ql)?:\/\//.test(databaseUrl)) problems.push('DATABASE_URL must be a postgres:// URL (leave it unset for embedded SQLite)');
+    else if (prod && passwordOf(databaseUrl).length < MIN_SECRET_CHARS) problems.push(`DATABASE_URL must carry a password of at least ${MIN_SECRET_CHARS} characters in production`);
+  }
+  const redisUrl = readSecret(env, 'REDIS_URL', problems) ?? null;
+  if (redisUrl !== null) {
+    if (!/^rediss?:\/\//.test(redisUrl)) problems.push('REDIS_URL must be a redis:// or rediss:// URL');
+    else if (prod && passwordOf(redisUrl).length < MIN_SECRET_CHARS) problems.push(`REDIS_URL must carry a password of at least ${MIN_SECRET_CHARS} characters in production`);
+  }
+
+  let jwtSigningKeys: JsonWebKeyWithKid[] = [];
+  const jwtRaw = readSecret(env, 'JWT_SIGNING_KEYS', problems);
+  if (jwtRaw !== undefined) {
+    jwtSigningKeys = parseSigningKeys(jwtRaw, problems);
+  } else if (prod) {
+    problems.push('JWT_SIGNING_KEYS (or JWT_SIGNING_KEYS_FILE) is required in production: a JSON array of Ed25519 private JWKs with kid');
+  }
+
+  const port = int(env, 'PORT', 8080, problems, 0, 65535);
+  const config: Config = {
+    nodeEnv,
+    host: env.HOST ?? (prod ? '0.0.0.0' : '127.0.0.1'),
+    port,
+    dataDir,
+    publicUrl,
+    logLevel: env.LOG_LEVEL ?? (nodeEnv === 'test' ? 'warn' : 'info'),
+    corsOrigins,
+    trustedProxies: list(env.TRUSTED_PROXIES),
+    bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 256 * 1024, problems, 1024, 50 * 1024 * 1024),
+    httpRateLimitPerMinute: int(env, 'HTTP_RATE_LIMIT_PER_MINUTE', 3_000, problems, 1, 10_000_000),
+    database: {
+      url: databaseUrl,
+      poolMax: int(env, 'DATABASE_POOL_MAX', 10, problems, 1, 500),
+      statementTimeoutMs: int(env, 'DATABASE_STATEMENT_TIMEOUT_MS', 5_000, problems, 100, 600_000),
+      connectTimeoutMs: int(env, 'DATABASE_CONNECT_TIMEOUT_MS', 5_000, problems, 100, 120_000),
+      sslCaFile: env.DATABASE_SSL_CA_FILE ?? null,
+    },
+    redis: { url: redisUrl, prefix: env.REDIS_PREFIX ?? 'sc:', commandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 2_000, problems, 50, 60_000) },
+    jwtSigningKeys,
+    accessTokenTtlSec: int(env, 'ACCESS_TOKEN_TTL_SEC', 900, problems, 30, 3600),
+    refreshTokenTtlSec: int(env, 'REFRESH_TOKEN_TTL_SEC', 30 * 24 * 3600, problems, 3600, 365 * 24 * 3600),
+    ws: {
+      maxConnectionsPerUser: int(env, 'WS_MAX_CONNECTIONS_PER_USER', 16, problems, 1, 1000),
+      maxConnectionsPerNode: int(env, 'WS_MAX_CONNECTIONS_PER_NODE', 100_000, problems, 1, 10_000_000),
+      framesPerSecond: int(env, 'WS_FRAMES_PER_SECOND', 50, problems, 1, 100_000),
+      frameBurst: int(env, 'WS_FRAME_BURST', 100, problems, 1, 100_000),
+      maxBufferedBytes: int(env, 'WS_MAX_BUFFERED_BYTES', 4 * 1024 * 1024, problems, 16 * 1024, 1024 * 1024 * 1024),
+      heartbeatIntervalMs: int(env, 'WS_HEARTBEAT_INTERVAL_MS', 25_000, problems, 200, 600_000),
+    },
+    eventRetentionDays: int(env, 'EVENT_RETENTION_DAYS', 30, problems, 1, 3650),
+    shutdownGraceMs: int(env, 'SHUTDOWN_GRACE_MS', 10_000, problems, 0, 300_000),
+    autoMigrate: (env.AUTO_MIGRATE ?? (prod ? 'false' : 'true')) === 'true',
+    nodeId: env.NODE_ID ?? `node-${randomBytes(4).toString('hex')}`,
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  if (config.jwtSigningKeys.length === 0) config.jwtSigningKeys = [await devSigningKey(dataDir)];
+  return config;
+}
+
+function parseSigningKeys(raw: string, problems: string[]): JsonWebKeyWithKid[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    problems.push('JWT_SIGNING_KEYS must be JSON: an array of Ed25519 private JWKs');
+    return [];
+  }
+  const arr = Array.isArray(parsed) ? parsed : [parsed];
+  const keys: JsonWebKeyWithKid[] = [];
+  for (const [i, k] of arr.entries()) {
+    const key = k as Partial<JsonWebKeyWithKid>;
+    if (key?.kty !== 'OKP' || key.crv !== 'Ed25519' || typeof key.d !== 'string' || typeof key.x !== 'string' || typeof key.kid !== 'string' || key.kid.length === 0) {
+      problems.push(`JWT_SIGNING_KEYS[${i}] must be an Ed25519 private JWK (kty OKP, crv Ed25519, x, d, kid)`);
+      continue;
+    }
+    keys.push(key as JsonWebKeyWithKid);
+  }
+  if (arr.length === 0) problems.push('JWT_SIGNING_KEYS must hold at least one key');
+  return keys;
+}
+
+/** Development only: a signing key generated once and kept in the data dir with mode 0600. */
+async function devSigningKey(dataDir: string): Promise<JsonWebKeyWithKid> {
+  const dir = join(dataDir, 'secrets');
+  const file = join(dir, 'jwt-signing-key.json');
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as JsonWebKeyWithKid;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const { privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+  const jwk = { ...(await exportJWK(privateKey)), kid: `dev-${randomBytes(6).toString('hex')}`, alg: 'EdDSA' } as JsonWebKeyWithKid;
+  try {
+    writeFileSync(file, JSON.stringify(jwk), { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    // Another process sharing the data dir won the race: use its key.
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return JSON.parse(readFileSync(file, 'utf8')) as JsonWebKeyWithKid;
+    throw err;
+  }
+  chmodSync(file, 0o600);
+  return jwk;
+}
