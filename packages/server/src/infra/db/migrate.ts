@@ -1,4 +1,4 @@
-import { Migrator, type Kysely, type Migration, type MigrationResultSet } from 'kysely';
+import { Migrator, sql, type Kysely, type Migration, type MigrationResultSet } from 'kysely';
 import type { Dialect } from './index.js';
 import * as m0001 from './migrations/0001_core.js';
 
@@ -12,20 +12,40 @@ const MIGRATIONS: Record<string, VersionedMigration> = {
   '0001_core': m0001,
 };
 
+/** Session-level advisory lock key held for a whole migration run on PostgreSQL. */
+const MIGRATION_LOCK_KEY = 0x5ec0_0000;
+
 /**
- * Applies pending migrations. Kysely's migrator takes a lock (PostgreSQL:
- * `pg_advisory_xact_lock` inside the migration transaction), so nodes starting
- * together apply each migration exactly once (AF-D1).
+ * Applies pending migrations, each in its own transaction, exactly once even
+ * when several nodes start together (AF-D1). Kysely's own lock is taken only
+ * after it creates its bookkeeping tables, and two nodes racing on that create
+ * fail (seen in the concurrent-migration test), so on PostgreSQL the whole run
+ * holds our session-level advisory lock on one dedicated connection. SQLite is
+ * single-node by design and serialises writers itself.
  */
 export async function migrateToLatest(db: Kysely<unknown>, dialect: Dialect): Promise<MigrationResultSet> {
   const migrations: Record<string, Migration> = {};
   for (const [name, m] of Object.entries(MIGRATIONS)) {
     migrations[name] = { up: (d) => m.up(d, dialect), ...(m.down ? { down: (d: Kysely<unknown>) => m.down!(d, dialect) } : {}) };
   }
-  const migrator = new Migrator({ db, provider: { getMigrations: () => Promise.resolve(migrations) } });
-  const result = await migrator.migrateToLatest();
-  if (result.error) throw result.error instanceof Error ? result.error : new Error('migration failed', { cause: result.error });
-  return result;
+  const run = async (conn: Kysely<unknown>, schema?: string) => {
+    // Kysely looks for its bookkeeping tables in every schema; pin it to ours so
+    // a deployment (or test) using its own schema never mistakes another's for it.
+    const migrator = new Migrator({ db: conn, provider: { getMigrations: () => Promise.resolve(migrations) }, ...(schema ? { migrationTableSchema: schema } : {}) });
+    const result = await migrator.migrateToLatest();
+    if (result.error) throw result.error instanceof Error ? result.error : new Error('migration failed', { cause: result.error });
+    return result;
+  };
+  if (dialect !== 'postgres') return run(db);
+  return db.connection().execute(async (conn) => {
+    await sql`select pg_advisory_lock(${MIGRATION_LOCK_KEY})`.execute(conn);
+    try {
+      const { rows } = await sql<{ schema: string }>`select current_schema() as schema`.execute(conn);
+      return await run(conn, rows[0]?.schema);
+    } finally {
+      await sql`select pg_advisory_unlock(${MIGRATION_LOCK_KEY})`.execute(conn);
+    }
+  });
 }
 
 export const MIGRATION_NAMES = Object.keys(MIGRATIONS);
