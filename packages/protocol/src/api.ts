@@ -35,9 +35,15 @@ export const Me = Obj({
 });
 export type Me = Static<typeof Me>;
 
-export const RegisterBody = Obj({ email: Email, username: Username, password: Password, displayName: Type.Optional(DisplayName) });
+/** A label the client gives its session ("Firefox on laptop"); shown in the session list. */
+export const DeviceLabel = Type.String({ minLength: 1, maxLength: 64 });
+export const RegisterBody = Obj({ email: Email, username: Username, password: Password, displayName: Type.Optional(DisplayName), device: Type.Optional(DeviceLabel) });
 export type RegisterBody = Static<typeof RegisterBody>;
-export const LoginBody = Obj({ login: Type.String({ minLength: 1, maxLength: 254 }), password: Type.String({ minLength: 1, maxLength: 128 }) });
+export const LoginBody = Obj({
+  login: Type.String({ minLength: 1, maxLength: 254, description: 'email or username' }),
+  password: Type.String({ minLength: 1, maxLength: 128 }),
+  device: Type.Optional(DeviceLabel),
+});
 export type LoginBody = Static<typeof LoginBody>;
 export const RefreshBody = Obj({ refreshToken: Type.String({ minLength: 16, maxLength: 256 }) });
 export type RefreshBody = Static<typeof RefreshBody>;
@@ -65,6 +71,14 @@ export const Session = Obj({
   current: Type.Boolean(),
 });
 export type Session = Static<typeof Session>;
+export const SessionList = Obj({ items: Type.Array(Session) });
+export type SessionList = Static<typeof SessionList>;
+
+/** Public half of the token signing keys (RFC 7517); never carries `d`. */
+export const Jwks = Obj({
+  keys: Type.Array(Obj({ kty: Type.String(), crv: Type.String(), x: Type.String(), kid: Type.String(), alg: Type.String(), use: Type.String() })),
+});
+export type Jwks = Static<typeof Jwks>;
 
 export const UpdateMeBody = Obj({
   displayName: Type.Optional(DisplayName),
@@ -78,6 +92,9 @@ export const UserSearchQuery = Obj({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 50 })),
   cursor: Type.Optional(Type.String({ maxLength: 64 })),
 });
+export type UserSearchQuery = Static<typeof UserSearchQuery>;
+export const UserSearchResult = Obj({ items: Type.Array(PublicUser), nextCursor: Type.Optional(Type.String()) });
+export type UserSearchResult = Static<typeof UserSearchResult>;
 
 // ---- conversations ----
 export const Role = Type.Union([Type.Literal('owner'), Type.Literal('admin'), Type.Literal('member')]);
@@ -150,5 +167,19 @@ export const PageQuery = Obj({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: LIMITS.pageMax })),
 });
 
+/** A page of my conversations, most recent activity first; pass `nextCursor` back as `cursor`. */
+export const ConversationPage = Obj({ items: Type.Array(Conversation), nextCursor: Type.Optional(Type.String()) });
+export type ConversationPage = Static<typeof ConversationPage>;
+/** A page of history, always ascending by seq. */
+export const MessagePage = Obj({ items: Type.Array(Message) });
+export type MessagePage = Static<typeof MessagePage>;
+export type HistoryQuery = Static<typeof HistoryQuery>;
+export type PageQuery = Static<typeof PageQuery>;
+
 export const Presence = Obj({ userId: Id, online: Type.Boolean(), lastSeenAt: Type.Union([Timestamp, Type.Null()]) });
 export type Presence = Static<typeof Presence>;
+export const PRESENCE_QUERY_MAX = 100;
+/** `userIds`: comma-separated user ids, at most PRESENCE_QUERY_MAX. */
+export const PresenceQuery = Obj({ userIds: Type.String({ minLength: 1, maxLength: PRESENCE_QUERY_MAX * 37, pattern: '^[0-9a-fA-F-]+(,[0-9a-fA-F-]+)*$' }) });
+export const PresenceList = Obj({ items: Type.Array(Presence) });
+export type PresenceList = Static<typeof PresenceList>;

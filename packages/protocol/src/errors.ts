@@ -50,6 +50,8 @@ export const CLOSE_CODES = {
   serviceRestart: 1012,
   /** Frame larger than the limit. */
   tooLarge: 1009,
+  /** The server failed (database, Redis): reconnect with your cursor after a backoff. */
+  internalError: 1011,
   /** A frame that is not valid JSON or does not match the protocol. */
   badFrame: 4400,
   /** No valid auth frame within the deadline, or an invalid/expired token. */

@@ -147,6 +147,18 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await auth.start();
   await presence.start();
 
+  // Retention (AF-R6, [E4]): the event log keeps EVENT_RETENTION_DAYS. Every node
+  // runs it; pruning is idempotent and the floor only moves up.
+  const retentionMs = config.eventRetentionDays * 86_400_000;
+  const prune = () => {
+    events
+      .prune(Date.now() - retentionMs)
+      .then((n) => n > 0 && log.info({ pruned: n }, 'event log pruned'))
+      .catch((err: unknown) => log.error({ err }, 'event log pruning failed'));
+  };
+  const pruneTimer = setInterval(prune, 3_600_000);
+  pruneTimer.unref();
+
   let closing: Promise<void> | undefined;
   return {
     fastify,
@@ -162,6 +174,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     close() {
       closing ??= (async () => {
         shuttingDown = true;
+        clearInterval(pruneTimer);
         await gateway.shutdown(config.shutdownGraceMs);
         await fastify.close();
         await messages.stop();

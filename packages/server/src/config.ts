@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { exportJWK, generateKeyPair } from 'jose';
 
@@ -37,6 +38,19 @@ export interface Config {
   jwtSigningKeys: JsonWebKeyWithKid[];
   accessTokenTtlSec: number;
   refreshTokenTtlSec: number;
+  /** Abuse limits of the account endpoints (AF-A1, AF-A2). */
+  authLimits: {
+    registerPerIpPerHour: number;
+    refreshPerIpPerMinute: number;
+    /** Failed logins an account may have within the window before it is locked. */
+    loginFailuresPerAccount: number;
+    /** Failed logins one IP may have within the window (across accounts) before it is locked. */
+    loginFailuresPerIp: number;
+    loginWindowSec: number;
+    /** The first lockout lasts this long; each further one within a day doubles it. */
+    loginLockoutBaseSec: number;
+    userSearchPerMinute: number;
+  };
   ws: {
     maxConnectionsPerUser: number;
     maxConnectionsPerNode: number;
@@ -44,7 +58,11 @@ export interface Config {
     frameBurst: number;
     maxBufferedBytes: number;
     heartbeatIntervalMs: number;
+    /** Time a new socket has to send its auth frame ([G1]). */
+    authTimeoutMs: number;
   };
+  /** A node's connections count as online this long after its last presence heartbeat ([P2]). */
+  presenceTtlMs: number;
   eventRetentionDays: number;
   shutdownGraceMs: number;
   autoMigrate: boolean;
@@ -106,6 +124,26 @@ function passwordOf(url: string): string {
 }
 
 const MIN_SECRET_CHARS = 16;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+/** Names proxy-addr (Fastify's trustProxy) understands besides addresses and CIDRs. */
+const PROXY_KEYWORDS = ['loopback', 'linklocal', 'uniquelocal'];
+
+function isProxySpec(s: string): boolean {
+  if (PROXY_KEYWORDS.includes(s) || isIP(s) !== 0) return true;
+  const [addr, bits, extra] = s.split('/');
+  if (extra !== undefined || addr === undefined || bits === undefined || !/^[0-9]{1,3}$/.test(bits)) return false;
+  const family = isIP(addr);
+  return family !== 0 && Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+function bool(env: Env, name: string, def: boolean, problems: string[]): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  if (raw === 'true') return true;
+  if (raw === 'false') return false;
+  problems.push(`${name} must be true or false (got "${raw}")`);
+  return def;
+}
 
 /**
  * Builds the typed configuration from the environment. Development and test
@@ -167,6 +205,16 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
     problems.push('JWT_SIGNING_KEYS (or JWT_SIGNING_KEYS_FILE) is required in production: a JSON array of Ed25519 private JWKs with kid');
   }
 
+  // A typo here would silently disable logging or trust every client's X-Forwarded-For.
+  const logLevel = env.LOG_LEVEL ?? (nodeEnv === 'test' ? 'warn' : 'info');
+  if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got "${logLevel}")`);
+  const trustedProxies = list(env.TRUSTED_PROXIES);
+  for (const p of trustedProxies) {
+    if (!isProxySpec(p)) problems.push(`TRUSTED_PROXIES entry "${p}" must be an IP address, a CIDR range or one of ${PROXY_KEYWORDS.join(', ')} (AF-S6)`);
+  }
+  const sslCaFile = env.DATABASE_SSL_CA_FILE ?? null;
+  if (sslCaFile !== null && !existsSync(sslCaFile)) problems.push(`DATABASE_SSL_CA_FILE: ${sslCaFile} does not exist`);
+
   const port = int(env, 'PORT', 8080, problems, 0, 65535);
   const config: Config = {
     nodeEnv,
@@ -174,9 +222,9 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
     port,
     dataDir,
     publicUrl,
-    logLevel: env.LOG_LEVEL ?? (nodeEnv === 'test' ? 'warn' : 'info'),
+    logLevel,
     corsOrigins,
-    trustedProxies: list(env.TRUSTED_PROXIES),
+    trustedProxies,
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 256 * 1024, problems, 1024, 50 * 1024 * 1024),
     httpRateLimitPerMinute: int(env, 'HTTP_RATE_LIMIT_PER_MINUTE', 3_000, problems, 1, 10_000_000),
     database: {
@@ -184,12 +232,21 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
       poolMax: int(env, 'DATABASE_POOL_MAX', 10, problems, 1, 500),
       statementTimeoutMs: int(env, 'DATABASE_STATEMENT_TIMEOUT_MS', 5_000, problems, 100, 600_000),
       connectTimeoutMs: int(env, 'DATABASE_CONNECT_TIMEOUT_MS', 5_000, problems, 100, 120_000),
-      sslCaFile: env.DATABASE_SSL_CA_FILE ?? null,
+      sslCaFile,
     },
     redis: { url: redisUrl, prefix: env.REDIS_PREFIX ?? 'sc:', commandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 2_000, problems, 50, 60_000) },
     jwtSigningKeys,
     accessTokenTtlSec: int(env, 'ACCESS_TOKEN_TTL_SEC', 900, problems, 30, 3600),
     refreshTokenTtlSec: int(env, 'REFRESH_TOKEN_TTL_SEC', 30 * 24 * 3600, problems, 3600, 365 * 24 * 3600),
+    authLimits: {
+      registerPerIpPerHour: int(env, 'AUTH_REGISTER_PER_IP_PER_HOUR', 20, problems, 1, 10_000_000),
+      refreshPerIpPerMinute: int(env, 'AUTH_REFRESH_PER_IP_PER_MINUTE', 120, problems, 1, 10_000_000),
+      loginFailuresPerAccount: int(env, 'AUTH_LOGIN_FAILURES_PER_ACCOUNT', 5, problems, 1, 1_000),
+      loginFailuresPerIp: int(env, 'AUTH_LOGIN_FAILURES_PER_IP', 50, problems, 1, 10_000_000),
+      loginWindowSec: int(env, 'AUTH_LOGIN_WINDOW_SEC', 15 * 60, problems, 1, 24 * 3600),
+      loginLockoutBaseSec: int(env, 'AUTH_LOGIN_LOCKOUT_BASE_SEC', 60, problems, 1, 24 * 3600),
+      userSearchPerMinute: int(env, 'USER_SEARCH_PER_MINUTE', 60, problems, 1, 10_000_000),
+    },
     ws: {
       maxConnectionsPerUser: int(env, 'WS_MAX_CONNECTIONS_PER_USER', 16, problems, 1, 1000),
       maxConnectionsPerNode: int(env, 'WS_MAX_CONNECTIONS_PER_NODE', 100_000, problems, 1, 10_000_000),
@@ -197,10 +254,12 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
       frameBurst: int(env, 'WS_FRAME_BURST', 100, problems, 1, 100_000),
       maxBufferedBytes: int(env, 'WS_MAX_BUFFERED_BYTES', 4 * 1024 * 1024, problems, 16 * 1024, 1024 * 1024 * 1024),
       heartbeatIntervalMs: int(env, 'WS_HEARTBEAT_INTERVAL_MS', 25_000, problems, 200, 600_000),
+      authTimeoutMs: int(env, 'WS_AUTH_TIMEOUT_MS', 10_000, problems, 100, 60_000),
     },
+    presenceTtlMs: int(env, 'PRESENCE_TTL_MS', 30_000, problems, 300, 600_000),
     eventRetentionDays: int(env, 'EVENT_RETENTION_DAYS', 30, problems, 1, 3650),
     shutdownGraceMs: int(env, 'SHUTDOWN_GRACE_MS', 10_000, problems, 0, 300_000),
-    autoMigrate: (env.AUTO_MIGRATE ?? (prod ? 'false' : 'true')) === 'true',
+    autoMigrate: bool(env, 'AUTO_MIGRATE', !prod, problems),
     nodeId: env.NODE_ID ?? `node-${randomBytes(4).toString('hex')}`,
   };
   if (problems.length > 0) throw new ConfigError(problems);
@@ -223,6 +282,15 @@ function parseSigningKeys(raw: string, problems: string[]): JsonWebKeyWithKid[] 
     const key = k as Partial<JsonWebKeyWithKid>;
     if (key?.kty !== 'OKP' || key.crv !== 'Ed25519' || typeof key.d !== 'string' || typeof key.x !== 'string' || typeof key.kid !== 'string' || key.kid.length === 0) {
       problems.push(`JWT_SIGNING_KEYS[${i}] must be an Ed25519 private JWK (kty OKP, crv Ed25519, x, d, kid)`);
+      continue;
+    }
+    // A truncated or hand-made `d` is a weak key; Ed25519 private keys are exactly 32 bytes.
+    if (Buffer.from(key.d, 'base64url').length !== 32 || Buffer.from(key.x, 'base64url').length !== 32) {
+      problems.push(`JWT_SIGNING_KEYS[${i}] (kid "${key.kid}") is not a 32-byte Ed25519 key`);
+      continue;
+    }
+    if (keys.some((k) => k.kid === key.kid)) {
+      problems.push(`JWT_SIGNING_KEYS[${i}]: kid "${key.kid}" is used twice`);
       continue;
     }
     keys.push(key as JsonWebKeyWithKid);

@@ -4,7 +4,9 @@
  * each can be read, tested and replaced on its own.
  */
 import type {
-  Content, Conversation, EphemeralEvent, Me, Message, Presence, PublicUser, Role, SendMessageBody,
+  AuthResult, Content, Conversation, EphemeralEvent, Jwks, LoginBody, Me, Message, Presence, PublicUser, RegisterBody, Role,
+  SendMessageBody, Session, TokenPair, UpdateMeBody, UserSearchQuery, UserSearchResult,
+  ConversationPage, CreateConversationBody, HistoryQuery, Member, PageQuery,
 } from '@secureconnect/protocol';
 
 /** Who is calling: set on the request by the auth hook and on a socket after its auth frame. */
@@ -13,7 +15,25 @@ export interface AuthContext {
   sessionId: string;
 }
 
+/** Where a request comes from; stored on the session it opens. */
+export interface ClientMeta {
+  /** Resolved by Fastify with the configured trusted proxies (AF-S6). */
+  ip: string;
+  userAgent: string | null;
+}
+
 export interface AuthService {
+  register(body: RegisterBody, meta: ClientMeta): Promise<AuthResult>;
+  login(body: LoginBody, meta: ClientMeta): Promise<AuthResult>;
+  /** Rotates the refresh token; a used one presented again revokes its session. */
+  refresh(refreshToken: string, meta: ClientMeta): Promise<TokenPair>;
+  logout(auth: AuthContext): Promise<void>;
+  listSessions(auth: AuthContext): Promise<Session[]>;
+  /** AppError('not_found') unless the session is the caller's and live. */
+  revokeSession(auth: AuthContext, sessionId: string): Promise<void>;
+  revokeOtherSessions(auth: AuthContext): Promise<void>;
+  /** Public verification keys only. */
+  jwks(): Jwks;
   /**
    * Verifies an access token (EdDSA, known kid, not expired) and that its
    * session is still live. A revoked session fails within 1 s on every node.
@@ -28,6 +48,11 @@ export interface AuthService {
 
 export interface UsersService {
   getMe(auth: AuthContext): Promise<Me>;
+  updateMe(auth: AuthContext, body: UpdateMeBody): Promise<Me>;
+  /** AppError('not_found') for an unknown id. */
+  getPublic(auth: AuthContext, userId: string): Promise<PublicUser>;
+  /** Username prefix search, keyset-paginated, rate limited per caller. */
+  search(auth: AuthContext, query: UserSearchQuery): Promise<UserSearchResult>;
   /** Public profiles for the ids that exist; never includes email. */
   getPublicMany(ids: readonly string[]): Promise<Map<string, PublicUser>>;
   exists(userId: string): Promise<boolean>;
@@ -49,6 +74,16 @@ export interface ConversationsService {
   /** Users who share at least one conversation with `userId` (presence audience). */
   peersOf(userId: string): Promise<string[]>;
   get(auth: AuthContext, conversationId: string): Promise<Conversation>;
+  /** Direct (idempotent per pair: created=false returns the existing one) or group with the caller as owner. */
+  create(auth: AuthContext, body: CreateConversationBody): Promise<{ conversation: Conversation; created: boolean }>;
+  /** The caller's conversations by last activity, keyset-paginated, in a constant number of queries ([C4]). */
+  list(auth: AuthContext, query: PageQuery): Promise<ConversationPage>;
+  /** Group title; owners and admins. */
+  update(auth: AuthContext, conversationId: string, body: { title: string }): Promise<Conversation>;
+  addMember(auth: AuthContext, conversationId: string, userId: string, role?: Role): Promise<Member>;
+  setRole(auth: AuthContext, conversationId: string, userId: string, role: Role): Promise<Member>;
+  /** Removes another member, or leaves when `userId` is the caller. */
+  removeMember(auth: AuthContext, conversationId: string, userId: string): Promise<void>;
 }
 
 export interface MessagesService {
@@ -58,6 +93,8 @@ export interface MessagesService {
   remove(auth: AuthContext, conversationId: string, messageId: string): Promise<Message>;
   markRead(auth: AuthContext, conversationId: string, seq: number): Promise<void>;
   typing(auth: AuthContext, conversationId: string): Promise<void>;
+  /** Items ascending by seq ([M6]): latest page by default, `afterSeq` pages forward, `beforeSeq` back. */
+  history(auth: AuthContext, conversationId: string, query: HistoryQuery): Promise<Message[]>;
   /** Flushes pending writes (group commit) and refuses new ones. */
   stop(): Promise<void>;
 }
@@ -66,8 +103,10 @@ export interface PresenceService {
   /** A socket of `userId` opened on this node. */
   connected(userId: string, connId: string): Promise<void>;
   disconnected(userId: string, connId: string): Promise<void>;
-  /** Presence of users the caller shares a conversation with; others are not_found. */
+  /** Presence of users the caller shares a conversation with (and the caller); others are omitted ([P1]). */
   get(auth: AuthContext, userIds: readonly string[]): Promise<Presence[]>;
+  /** Live connections of `userId` on every node (the gateway's per-user limit). */
+  connectionCount(userId: string): Promise<number>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }

@@ -35,12 +35,12 @@ export async function freshDatabaseUrl(): Promise<string | null> {
   return u.toString();
 }
 
-export interface TestEnv {
+export type TestEnv = {
   DATA_DIR: string;
   DATABASE_URL?: string;
   REDIS_URL?: string;
   REDIS_PREFIX: string;
-}
+};
 
 /** Environment for one isolated deployment (nodes sharing it form a cluster). */
 export async function freshDeployment(): Promise<TestEnv> {
@@ -62,6 +62,10 @@ export async function testConfig(env: Partial<TestEnv> & Record<string, string |
     HOST: '127.0.0.1',
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     HTTP_RATE_LIMIT_PER_MINUTE: '1000000',
+    // Every test client shares 127.0.0.1; tests of these limits lower them explicitly.
+    AUTH_REGISTER_PER_IP_PER_HOUR: '1000000',
+    AUTH_REFRESH_PER_IP_PER_MINUTE: '1000000',
+    USER_SEARCH_PER_MINUTE: '1000000',
     ...deployment,
   });
 }

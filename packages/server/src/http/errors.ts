@@ -42,5 +42,28 @@ export function installErrorHandling(app: FastifyInstance): void {
     request.log.error({ err }, 'unhandled error');
     return sendError(reply, request, 'internal');
   });
-  app.setNotFoundHandler((request, reply) => sendError(reply, request, 'not_found', `No route for ${request.method} ${request.url.split('?')[0]}.`));
+  // A known path with the wrong method is 405 with `Allow`, not 404: the client
+  // has the right resource and the wrong verb. Fastify's router only reports
+  // "no route", so keep the route table here to tell the two apart.
+  const routes: { pattern: RegExp; methods: Set<string> }[] = [];
+  app.addHook('onRoute', (route) => {
+    if (route.url === '*' || route.url === '/*') return; // catch-alls (CORS preflight) would match everything
+    const methods = (Array.isArray(route.method) ? route.method : [route.method]).filter((m) => m !== 'HEAD' && m !== 'OPTIONS');
+    if (methods.length === 0) return;
+    const source = route.url
+      .split('/')
+      .map((seg) => (seg.startsWith(':') ? '[^/]+' : seg === '*' ? '.*' : seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+      .join('/');
+    routes.push({ pattern: new RegExp(`^${source}/?$`), methods: new Set(methods) });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? '/';
+    const allowed = new Set<string>();
+    for (const r of routes) if (r.pattern.test(path)) for (const m of r.methods) allowed.add(m);
+    if (allowed.size > 0 && !allowed.has(request.method)) {
+      void reply.header('allow', [...allowed].sort().join(', '));
+      return sendError(reply, request, 'method_not_allowed', `${request.method} is not allowed on ${path}; use ${[...allowed].sort().join(', ')}.`);
+    }
+    return sendError(reply, request, 'not_found', `No route for ${request.method} ${path}.`);
+  });
 }

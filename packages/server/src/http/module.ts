@@ -1,4 +1,4 @@
-import type { preHandlerAsyncHookHandler } from 'fastify';
+import type { onRequestAsyncHookHandler } from 'fastify';
 import type { AppContext } from '../context.js';
 import type { Services } from '../services.js';
 
@@ -6,5 +6,6 @@ import type { Services } from '../services.js';
 export interface ModuleOptions {
   ctx: AppContext;
   services: Services;
-  requireAuth: preHandlerAsyncHookHandler;
+  /** Runs on `onRequest`: an unauthenticated caller is refused before its body or query is parsed or validated. */
+  requireAuth: onRequestAsyncHookHandler;
 }

@@ -13,8 +13,10 @@ export const REDACT_PATHS = [
   'res.headers["set-cookie"]',
   '*.password', '*.newPassword', '*.currentPassword',
   '*.token', '*.accessToken', '*.refreshToken',
-  '*.ciphertext', '*.secret', '*.databaseUrl', '*.redisUrl', '*.url',
+  '*.ciphertext', '*.secret', '*.databaseUrl', '*.redisUrl',
   'password', 'token', 'accessToken', 'refreshToken', 'ciphertext', 'secret',
+  'databaseUrl', 'redisUrl', 'authorization', 'cookie',
+  'headers.authorization', 'headers.cookie', '*.headers.authorization', '*.headers.cookie',
 ];
 
 /** Strips credentials from a connection string before it is logged. */

@@ -79,6 +79,9 @@ export class RedisBus implements Bus {
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([this.sub.quit(), this.pub.quit()]);
+    // QUIT waits for the server's answer; an unresponsive Redis must not hang shutdown (AF-I6, AF-O4).
+    await Promise.allSettled(
+      [this.sub, this.pub].map((conn) => withTimeout(conn.quit(), 1_000, 'redis quit').catch(() => conn.disconnect())),
+    );
   }
 }

@@ -1,10 +1,11 @@
-// SKELETON: replaced by the auth module.
-import type { FastifyPluginAsync } from 'fastify';
 import type { AppContext } from '../../context.js';
-import { AppError } from '../../infra/errors.js';
-import type { ModuleOptions } from '../../http/module.js';
 import type { AuthService } from '../../services.js';
-export function createAuthService(_ctx: AppContext): AuthService {
-  return { verifyAccessToken: () => Promise.reject(new AppError('unavailable')), onSessionRevoked: () => () => undefined, start: () => Promise.resolve(), stop: () => Promise.resolve() };
+import { AuthServiceImpl } from './service.js';
+
+export { authRoutes } from './routes.js';
+export { SESSIONS_REVOKED_CHANNEL, SESSION_CACHE_TTL_MS } from './service.js';
+export { TOKEN_AUDIENCE, TOKEN_ISSUER } from './tokens.js';
+
+export function createAuthService(ctx: AppContext): AuthService {
+  return new AuthServiceImpl(ctx);
 }
-export const authRoutes: FastifyPluginAsync<ModuleOptions> = async () => {};

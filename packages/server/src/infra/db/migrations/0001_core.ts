@@ -18,6 +18,8 @@ export async function up(db: Kysely<unknown>, dialect: Dialect): Promise<void> {
     .addColumn('updated_at', big, (c) => c.notNull())
     .addColumn('last_seen_at', big)
     .execute();
+  // User search is a prefix scan in byte order; PostgreSQL needs a "C"-collated index for it (SQLite's unique index already is).
+  if (dialect === 'postgres') await sql`create index users_username_c_idx on users (username_lower collate "C")`.execute(db);
 
   await db.schema
     .createTable('sessions')

@@ -1,0 +1,390 @@
+import type { AuthResult, Jwks, LoginBody, RegisterBody, Session, TokenPair } from '@secureconnect/protocol';
+import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { uuidv7 } from 'uuidv7';
+import type { AppContext } from '../../context.js';
+import { AppError, notFound, rateLimited } from '../../infra/errors.js';
+import { consumeOrThrow } from '../../infra/ratelimit.js';
+import type { AuthContext, AuthService, ClientMeta } from '../../services.js';
+import { hashPassword, makeDummyHash, verifyPassword } from './passwords.js';
+import { AuthStore, isUniqueViolation, type SessionRow } from './store.js';
+import { TokenKeys, hashRefreshToken, newRefreshToken, publicJwks } from './tokens.js';
+
+/** Bus channel announcing revoked sessions to every node ([S3]). */
+export const SESSIONS_REVOKED_CHANNEL = 'sessions.revoked';
+/**
+ * How long a node trusts a session it has looked up. Below 1 s, so a
+ * revocation takes effect everywhere within 1 s even when the bus message is
+ * lost (or, on SQLite, when nodes share no bus) ([S3]).
+ */
+export const SESSION_CACHE_TTL_MS = 900;
+const SESSION_CACHE_MAX = 100_000;
+/** `last_seen_at` is written at most this often on access (refresh always writes it). */
+const TOUCH_INTERVAL_MS = 60_000;
+/** How long the lockout count behind growing lockouts is remembered. */
+const LOCKOUT_MEMORY_SEC = 24 * 3600;
+const LOCKOUT_MAX_SEC = 24 * 3600;
+const SESSION_LIST_MAX = 200;
+/** Ended sessions are kept this long (reuse detection, audit) before they are purged. */
+const ENDED_SESSION_RETENTION_MS = 7 * 24 * 3600 * 1000;
+const PURGE_INTERVAL_MS = 3600 * 1000;
+const USER_AGENT_MAX = 512;
+
+interface RevokedMessage {
+  node: string;
+  userId: string;
+  sessionIds: string[];
+}
+
+interface CachedSession {
+  userId: string;
+  /** 0 when the session is known to be revoked: final, so it may be cached as long as tokens live. */
+  validUntil: number;
+  checkedAt: number;
+}
+
+function isRevokedMessage(m: unknown): m is RevokedMessage {
+  const r = m as Partial<RevokedMessage> | null;
+  return typeof r?.node === 'string' && typeof r.userId === 'string' && Array.isArray(r.sessionIds) && r.sessionIds.every((s) => typeof s === 'string');
+}
+
+export class AuthServiceImpl implements AuthService {
+  private readonly store: AuthStore;
+  private keys: Promise<TokenKeys> | undefined;
+  private dummyHash: Promise<string> | undefined;
+  private readonly cache = new Map<string, CachedSession>();
+  private readonly inflight = new Map<string, Promise<CachedSession>>();
+  private readonly listeners = new Set<(sessionId: string, userId: string) => void>();
+  private unsubscribe: (() => Promise<void>) | undefined;
+  private purgeTimer: NodeJS.Timeout | undefined;
+  private readonly registerLimiter: RateLimiterAbstract;
+  private readonly refreshLimiter: RateLimiterAbstract;
+  private readonly accountFailures: RateLimiterAbstract;
+  private readonly ipFailures: RateLimiterAbstract;
+  private readonly lockouts: RateLimiterAbstract;
+
+  constructor(private readonly ctx: AppContext) {
+    this.store = new AuthStore(ctx.database);
+    const l = ctx.config.authLimits;
+    this.registerLimiter = ctx.limiters.create({ name: 'auth-register-ip', points: l.registerPerIpPerHour, durationSec: 3600 });
+    this.refreshLimiter = ctx.limiters.create({ name: 'auth-refresh-ip', points: l.refreshPerIpPerMinute, durationSec: 60 });
+    this.accountFailures = ctx.limiters.create({ name: 'auth-login-account', points: l.loginFailuresPerAccount, durationSec: l.loginWindowSec });
+    this.ipFailures = ctx.limiters.create({ name: 'auth-login-ip', points: l.loginFailuresPerIp, durationSec: l.loginWindowSec });
+    this.lockouts = ctx.limiters.create({ name: 'auth-login-lockouts', points: 1_000_000, durationSec: LOCKOUT_MEMORY_SEC });
+  }
+
+  async start(): Promise<void> {
+    await this.tokenKeys();
+    await this.dummy();
+    this.unsubscribe = await this.ctx.bus.subscribe(SESSIONS_REVOKED_CHANNEL, (m) => this.onBusRevoked(m));
+    this.purgeTimer = setInterval(() => {
+      this.store.purgeEnded(Date.now() - ENDED_SESSION_RETENTION_MS).then(
+        (n) => { if (n > 0) this.ctx.log.info({ sessions: n }, 'purged ended sessions'); },
+        (err: unknown) => this.ctx.log.warn({ err }, 'purging ended sessions failed'),
+      );
+    }, PURGE_INTERVAL_MS);
+    this.purgeTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.purgeTimer) clearInterval(this.purgeTimer);
+    const unsub = this.unsubscribe;
+    this.unsubscribe = undefined;
+    if (unsub) await unsub();
+    this.cache.clear();
+  }
+
+  jwks(): Jwks {
+    return publicJwks(this.ctx.config.jwtSigningKeys);
+  }
+
+  // ---- accounts ----
+
+  async register(body: RegisterBody, meta: ClientMeta): Promise<AuthResult> {
+    await consumeOrThrow(this.registerLimiter, meta.ip);
+    const email = body.email.trim().toLowerCase();
+    const usernameLower = body.username.toLowerCase();
+    checkPasswordPolicy(body.password, [email, usernameLower]);
+    await this.throwIfTaken(email, usernameLower);
+
+    const passwordHash = await hashPassword(body.password);
+    const userId = uuidv7();
+    const displayName = body.displayName ?? body.username;
+    const { session, refreshToken } = this.newSession(userId, body.device, meta);
+    try {
+      await this.store.createAccount({ id: userId, email, username: body.username, displayName, passwordHash }, session);
+    } catch (err) {
+      // Two registrations raced past the check: the constraint decides, with the same answer.
+      if (isUniqueViolation(err)) await this.throwIfTaken(email, usernameLower);
+      throw err;
+    }
+    return { user: { id: userId, username: body.username, displayName }, ...(await this.tokens(userId, session.id, refreshToken)) };
+  }
+
+  /**
+   * [S4]/AF-A2. Every attempt consumes a point per account and per IP before
+   * the password is checked (so parallel guesses cannot slip past the
+   * limit); success clears the account's count and refunds the IP's. Running
+   * out locks the key for a time that doubles with each lockout in a day.
+   * Unknown logins go through the same steps, the same argon2 work (a dummy
+   * hash) and get the same answer as wrong passwords.
+   */
+  async login(body: LoginBody, meta: ClientMeta): Promise<AuthResult> {
+    const ipKey = `ip:${meta.ip}`;
+    const ipLeft = await this.consumeAttempt(this.ipFailures, ipKey);
+    const loginLower = body.login.trim().toLowerCase();
+    const user = await this.store.findCredentials(loginLower);
+    // The account key is the user id when the login names one, so email and username share one budget.
+    const accountKey = user ? `u:${user.id}` : `l:${loginLower}`;
+    let accountLeft: number;
+    try {
+      accountLeft = await this.consumeAttempt(this.accountFailures, accountKey);
+    } catch (err) {
+      await this.ipFailures.reward(ipKey, 1);
+      throw err;
+    }
+
+    const ok = await verifyPassword(user?.password_hash ?? (await this.dummy()), body.password);
+    if (!user || !ok) {
+      this.ctx.log.info({ ip: meta.ip }, 'login failed');
+      if (ipLeft === 0) await this.lockOut(this.ipFailures, ipKey);
+      if (accountLeft === 0) await this.lockOut(this.accountFailures, accountKey);
+      throw new AppError('invalid_credentials');
+    }
+    await this.accountFailures.delete(accountKey);
+    await this.ipFailures.reward(ipKey, 1);
+
+    const { session, refreshToken } = this.newSession(user.id, body.device, meta);
+    await this.store.createSession(session);
+    return { user: { id: user.id, username: user.username, displayName: user.display_name }, ...(await this.tokens(user.id, session.id, refreshToken)) };
+  }
+
+  /** [S2] */
+  async refresh(refreshToken: string, meta: ClientMeta): Promise<TokenPair> {
+    await consumeOrThrow(this.refreshLimiter, meta.ip);
+    const oldHash = hashRefreshToken(refreshToken);
+    const found = await this.store.findRefresh(oldHash);
+    const now = Date.now();
+    if (!found) throw new AppError('invalid_refresh_token');
+    if (found.used_at !== null) return this.refreshReused(found.user_id, found.session_id);
+    if (found.revoked_at !== null || found.session_expires_at <= now || found.token_expires_at <= now) throw new AppError('invalid_refresh_token');
+
+    const next = newRefreshToken();
+    const result = await this.store.rotateRefresh(oldHash, {
+      hash: hashRefreshToken(next),
+      sessionId: found.session_id,
+      now,
+      expiresAt: now + this.ctx.config.refreshTokenTtlSec * 1000,
+      ip: meta.ip,
+      userAgent: clip(meta.userAgent, USER_AGENT_MAX),
+    });
+    // Lost a race with another use of the same token: one of the two holders is not the owner.
+    if (result === 'already_used') return this.refreshReused(found.user_id, found.session_id);
+    if (result === 'session_gone') throw new AppError('invalid_refresh_token');
+    return this.tokens(found.user_id, found.session_id, next);
+  }
+
+  private async refreshReused(userId: string, sessionId: string): Promise<never> {
+    this.ctx.log.warn({ userId, sessionId }, 'refresh token reused: revoking the session');
+    await this.revoke(userId, [sessionId], 'refresh_token_reuse');
+    throw new AppError('invalid_refresh_token');
+  }
+
+  // ---- sessions ----
+
+  async logout(auth: AuthContext): Promise<void> {
+    await this.revoke(auth.userId, [auth.sessionId], 'logout');
+  }
+
+  async listSessions(auth: AuthContext): Promise<Session[]> {
+    const rows = await this.store.listLiveSessions(auth.userId, Date.now(), SESSION_LIST_MAX);
+    return rows.map((r) => toSession(r, auth.sessionId));
+  }
+
+  async revokeSession(auth: AuthContext, sessionId: string): Promise<void> {
+    const revoked = await this.revoke(auth.userId, [sessionId], 'revoked_by_user');
+    if (revoked.length === 0) throw notFound('No such session.');
+  }
+
+  async revokeOtherSessions(auth: AuthContext): Promise<void> {
+    const ids = await this.store.revokeOtherSessions(auth.userId, auth.sessionId, Date.now(), 'revoked_by_user');
+    await this.announceRevoked(auth.userId, ids);
+  }
+
+  /** Revokes the sessions of `userId` among `ids` that are live; returns those. */
+  private async revoke(userId: string, ids: string[], reason: string): Promise<string[]> {
+    const now = Date.now();
+    const revoked: string[] = [];
+    for (const id of ids) if (await this.store.revokeSession(userId, id, now, reason)) revoked.push(id);
+    await this.announceRevoked(userId, revoked);
+    return revoked;
+  }
+
+  /** Applies a revocation on this node at once, then tells the others through the bus. */
+  private async announceRevoked(userId: string, sessionIds: string[]): Promise<void> {
+    if (sessionIds.length === 0) return;
+    this.applyRevoked(userId, sessionIds);
+    const msg: RevokedMessage = { node: this.ctx.config.nodeId, userId, sessionIds };
+    try {
+      await this.ctx.bus.publish(SESSIONS_REVOKED_CHANNEL, msg);
+    } catch (err) {
+      // Still effective: other nodes stop trusting their cached copy within SESSION_CACHE_TTL_MS.
+      this.ctx.log.warn({ err, userId }, 'could not publish session revocation');
+    }
+  }
+
+  private onBusRevoked(m: unknown): void {
+    if (!isRevokedMessage(m)) {
+      this.ctx.log.warn('malformed session revocation message');
+      return;
+    }
+    if (m.node === this.ctx.config.nodeId) return;
+    this.applyRevoked(m.userId, m.sessionIds);
+  }
+
+  private applyRevoked(userId: string, sessionIds: string[]): void {
+    const now = Date.now();
+    for (const id of sessionIds) {
+      this.cacheSet(id, { userId, validUntil: 0, checkedAt: now });
+      for (const l of this.listeners) {
+        try {
+          l(id, userId);
+        } catch (err) {
+          this.ctx.log.error({ err }, 'session revocation listener failed');
+        }
+      }
+    }
+  }
+
+  onSessionRevoked(listener: (sessionId: string, userId: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  // ---- access tokens ----
+
+  /** [S1] token, then [S3] session: live, owned by `sub`, not expired. */
+  async verifyAccessToken(token: string): Promise<AuthContext> {
+    const claims = await (await this.tokenKeys()).verify(token);
+    const s = await this.sessionState(claims.sessionId);
+    if (s.userId !== claims.userId || s.validUntil <= Date.now()) throw new AppError('invalid_token');
+    return { userId: claims.userId, sessionId: claims.sessionId };
+  }
+
+  private async sessionState(sessionId: string): Promise<CachedSession> {
+    const now = Date.now();
+    const cached = this.cache.get(sessionId);
+    if (cached && (cached.validUntil === 0 || now - cached.checkedAt < SESSION_CACHE_TTL_MS)) return cached;
+    // One lookup per session at a time, however many requests arrive together.
+    let p = this.inflight.get(sessionId);
+    if (!p) {
+      p = this.loadSession(sessionId).finally(() => this.inflight.delete(sessionId));
+      this.inflight.set(sessionId, p);
+    }
+    return p;
+  }
+
+  private async loadSession(sessionId: string): Promise<CachedSession> {
+    const checkedAt = Date.now();
+    const row = await this.store.getSession(sessionId);
+    if (!row) return { userId: '', validUntil: 0, checkedAt };
+    const entry: CachedSession = { userId: row.user_id, validUntil: row.revoked_at === null ? row.expires_at : 0, checkedAt };
+    // A revocation that arrived over the bus while we read wins over what we read.
+    if (this.cache.get(sessionId)?.validUntil !== 0) this.cacheSet(sessionId, entry);
+    if (entry.validUntil > checkedAt && checkedAt - row.last_seen_at >= TOUCH_INTERVAL_MS) await this.store.touchSession(sessionId, checkedAt);
+    return this.cache.get(sessionId) ?? entry;
+  }
+
+  private cacheSet(id: string, entry: CachedSession): void {
+    this.cache.delete(id);
+    this.cache.set(id, entry);
+    // Bounded (AF-R6): drop the oldest entries; they are re-read on the next use.
+    while (this.cache.size > SESSION_CACHE_MAX) {
+      const oldest = this.cache.keys().next();
+      if (oldest.done) break;
+      this.cache.delete(oldest.value);
+    }
+  }
+
+  // ---- helpers ----
+
+  private tokenKeys(): Promise<TokenKeys> {
+    this.keys ??= TokenKeys.load(this.ctx.config.jwtSigningKeys);
+    return this.keys;
+  }
+
+  private dummy(): Promise<string> {
+    this.dummyHash ??= makeDummyHash();
+    return this.dummyHash;
+  }
+
+  private async tokens(userId: string, sessionId: string, refreshToken: string): Promise<TokenPair> {
+    const ttl = this.ctx.config.accessTokenTtlSec;
+    const accessToken = await (await this.tokenKeys()).sign({ userId, sessionId }, ttl);
+    return { accessToken, refreshToken, expiresIn: ttl };
+  }
+
+  private newSession(userId: string, device: string | undefined, meta: ClientMeta) {
+    const now = Date.now();
+    const refreshToken = newRefreshToken();
+    const session = {
+      id: uuidv7(),
+      userId,
+      device: device ?? null,
+      userAgent: clip(meta.userAgent, USER_AGENT_MAX),
+      ip: meta.ip,
+      refreshHash: hashRefreshToken(refreshToken),
+      now,
+      expiresAt: now + this.ctx.config.refreshTokenTtlSec * 1000,
+    };
+    return { session, refreshToken };
+  }
+
+  private async throwIfTaken(email: string, usernameLower: string): Promise<void> {
+    const taken = await this.store.emailOrUsernameTaken(email, usernameLower);
+    if (taken.email) throw new AppError('email_taken');
+    if (taken.username) throw new AppError('username_taken');
+  }
+
+  /** Takes one attempt from the budget (429 once it is spent or the key is locked); returns what is left. */
+  private async consumeAttempt(limiter: RateLimiterAbstract, key: string): Promise<number> {
+    try {
+      return (await limiter.consume(key)).remainingPoints;
+    } catch (err) {
+      if (err instanceof RateLimiterRes) throw rateLimited(err.msBeforeNext / 1000);
+      throw err;
+    }
+  }
+
+  /** The failure that spent the budget locks the key for base * 2^(lockouts today - 1) seconds. */
+  private async lockOut(limiter: RateLimiterAbstract, key: string): Promise<void> {
+    const lockout = await this.lockouts.consume(key);
+    const base = this.ctx.config.authLimits.loginLockoutBaseSec;
+    const blockSec = Math.min(base * 2 ** Math.min(lockout.consumedPoints - 1, 30), LOCKOUT_MAX_SEC);
+    await limiter.block(key, blockSec);
+    this.ctx.log.warn({ scope: key.startsWith('ip:') ? key : 'account', blockSec }, 'login locked out');
+  }
+}
+
+/** ASVS 6.2.1 (length) and 6.2.11-style context words; the schema also bounds length. */
+function checkPasswordPolicy(password: string, contextWords: string[]): void {
+  if ([...password].length < 8) throw new AppError('weak_password', 'The password must have at least 8 characters.');
+  const lower = password.toLowerCase();
+  if (contextWords.some((w) => w.length > 0 && lower === w)) throw new AppError('weak_password', 'The password must not be your email or username.');
+}
+
+function clip(s: string | null, max: number): string | null {
+  return s === null ? null : s.slice(0, max);
+}
+
+function toSession(r: SessionRow, currentId: string): Session {
+  return {
+    id: r.id,
+    device: r.device ?? (r.user_agent ? r.user_agent.slice(0, 64) : null),
+    ip: r.ip,
+    createdAt: new Date(r.created_at).toISOString(),
+    lastSeenAt: new Date(r.last_seen_at).toISOString(),
+    current: r.id === currentId,
+  };
+}

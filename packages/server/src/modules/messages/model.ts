@@ -1,0 +1,30 @@
+import type { Message } from '@secureconnect/protocol';
+import type { MessagesTable } from '../../infra/db/schema.js';
+
+export type MessageRow = MessagesTable;
+
+const iso = (ms: number) => new Date(Number(ms)).toISOString();
+
+/**
+ * Row to wire shape. The body is passed through untouched: for encrypted
+ * content it is ciphertext the server neither parses nor logs.
+ */
+export function toMessage(r: MessageRow): Message {
+  const content: Message['content'] =
+    r.content_type === 'deleted' || r.body === null
+      ? { type: 'deleted' }
+      : r.content_type === 'encrypted'
+        ? { type: 'encrypted', ciphertext: r.body }
+        : { type: 'text', text: r.body };
+  return {
+    id: r.id,
+    conversationId: r.conversation_id,
+    seq: Number(r.seq),
+    senderId: r.sender_id,
+    clientMsgId: r.client_msg_id,
+    content,
+    createdAt: iso(r.created_at),
+    editedAt: r.edited_at === null ? null : iso(r.edited_at),
+    deletedAt: r.deleted_at === null ? null : iso(r.deleted_at),
+  };
+}
