@@ -6,7 +6,8 @@ import { AppError, notFound, rateLimited } from '../../infra/errors.js';
 import { consumeOrThrow } from '../../infra/ratelimit.js';
 import type { AuthContext, AuthService, ClientMeta } from '../../services.js';
 import { hashPassword, makeDummyHash, verifyPassword } from './passwords.js';
-import { AuthStore, isUniqueViolation, type SessionRow } from './store.js';
+import { isUniqueViolation } from '../../infra/db/errors.js';
+import { AuthStore, type SessionRow } from './store.js';
 import { TokenKeys, hashRefreshToken, newRefreshToken, publicJwks } from './tokens.js';
 
 /** Bus channel announcing revoked sessions to every node ([S3]). */

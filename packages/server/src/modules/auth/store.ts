@@ -46,12 +46,6 @@ export interface RefreshLookup {
 
 export type RotateResult = 'rotated' | 'already_used' | 'session_gone';
 
-/** Unique-constraint violations on both engines (SQLite SQLITE_CONSTRAINT_UNIQUE / PostgreSQL 23505). */
-export function isUniqueViolation(err: unknown): boolean {
-  const e = err as { code?: string } | null;
-  return e?.code === '23505' || e?.code === 'SQLITE_CONSTRAINT_UNIQUE' || e?.code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
-}
-
 export class AuthStore {
   private readonly db: Kysely<DB>;
   constructor(database: Database) {
