@@ -34,7 +34,7 @@ type State = 'auth' | 'authenticating' | 'buffering' | 'live';
 interface Pending {
   /** Durable events carry their log id; ephemeral ones (null) take the cursor at flush time. */
   id: number | null;
-  data: string | EphemeralEvent;
+  data: Buffer | EphemeralEvent;
 }
 
 interface Conn {
@@ -396,7 +396,7 @@ export class Gateway {
     for (const p of held) {
       if (p.id === null) this.write(conn, ephemeralFrame(conn.cursor, p.data as EphemeralEvent));
       else if (p.id > conn.cursor) {
-        if (!this.write(conn, p.data as string)) return;
+        if (!this.write(conn, p.data as Buffer)) return;
         conn.cursor = p.id;
       }
     }
@@ -415,7 +415,7 @@ export class Gateway {
   // ---- writing ----
 
   /** Sends unless the socket is behind by more than the limit, in which case it is cut off ([G3]). */
-  private write(conn: Conn, data: string, cb?: (err?: Error) => void): boolean {
+  private write(conn: Conn, data: string | Buffer, cb?: (err?: Error) => void): boolean {
     if (conn.ws.readyState !== WebSocket.OPEN) return false;
     if (conn.ws.bufferedAmount > this.ctx.config.ws.maxBufferedBytes) {
       this.counters.slowConsumers++;
@@ -424,7 +424,9 @@ export class Gateway {
       setTimeout(() => conn.ws.terminate(), SLOW_CONSUMER_GRACE_MS).unref();
       return false;
     }
-    conn.ws.send(data, cb);
+    // Always a text frame: fan-out passes one shared UTF-8 Buffer so the
+    // payload is encoded once per event, not once per recipient socket.
+    conn.ws.send(data, TEXT_FRAME, cb);
     return true;
   }
 
@@ -496,7 +498,7 @@ export class Gateway {
     return set;
   }
 
-  private deliver(conn: Conn, id: number, data: string): void {
+  private deliver(conn: Conn, id: number, data: Buffer): void {
     if (conn.closing) return;
     if (conn.state === 'buffering') {
       if (conn.overflowed) return;
@@ -558,8 +560,11 @@ export class Gateway {
   }
 }
 
-function eventFrame(e: StoredEvent): string {
-  return JSON.stringify({ type: 'event', cursor: String(e.id), event: e.event });
+const TEXT_FRAME = { binary: false } as const;
+
+/** Encoded once per event and shared by every recipient socket (never mutated after). */
+function eventFrame(e: StoredEvent): Buffer {
+  return Buffer.from(JSON.stringify({ type: 'event', cursor: String(e.id), event: e.event }));
 }
 
 function ephemeralFrame(cursor: number, event: EphemeralEvent): string {

@@ -37,7 +37,7 @@ export function openDatabase(config: Config, log: Logger): Database {
   if (config.database.url) {
     const url = config.database.url;
     const pool = new pg.Pool({
-      connectionString: url,
+      connectionString: config.database.sslCaFile ? withoutSslParams(url) : url,
       max: config.database.poolMax,
       connectionTimeoutMillis: config.database.connectTimeoutMs,
       idleTimeoutMillis: 30_000,
@@ -77,6 +77,17 @@ export function openDatabase(config: Config, log: Logger): Database {
     ping: (ms) => withTimeout(sql`select 1`.execute(db).then(() => undefined), ms, 'database'),
     close: () => db.destroy(),
   };
+}
+
+/**
+ * pg lets `sslmode` in the URL override the `ssl` option, which would silently
+ * drop our CA. With DATABASE_SSL_CA_FILE set, verification is explicit instead:
+ * the server certificate must chain to that CA and match the host (verify-full).
+ */
+function withoutSslParams(url: string): string {
+  const u = new URL(url);
+  for (const p of ['sslmode', 'sslrootcert', 'ssl', 'uselibpqcompat']) u.searchParams.delete(p);
+  return u.toString();
 }
 
 /** Rejects when `p` does not settle within `ms` (every dependency call has a bound, AF-I6). */

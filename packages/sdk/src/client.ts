@@ -1,0 +1,272 @@
+import type {
+  AuthResult, Content, Conversation, ConversationPage, Me, Member, Message, MessagePage, Presence, PublicUser,
+  Role, Session, TokenPair, UpdateMeBody, UserSearchResult,
+} from '@secureconnect/protocol';
+import { ServerError, errorFromResponse } from './errors.js';
+
+/** Access and refresh token of a signed-in session. */
+export interface Tokens {
+  accessToken: string;
+  refreshToken: string;
+}
+
+/** Options of {@link SecureConnectClient}. */
+export interface ClientOptions {
+  /** Server origin, e.g. `https://chat.example.com` (no trailing `/v1`). */
+  baseUrl: string;
+  /** Tokens of an existing session, e.g. restored from storage. */
+  tokens?: Tokens;
+  /** Called whenever the tokens change (login, rotation, logout → null): persist them here. */
+  onTokens?: (tokens: Tokens | null) => void;
+  /** A `fetch` implementation; defaults to the global one (Node 20+, browsers). */
+  fetch?: typeof fetch;
+  /** Per-request timeout in milliseconds (default 15 000). */
+  timeoutMs?: number;
+}
+
+/** Query of {@link SecureConnectClient.history}. */
+export type HistoryOptions = {
+  beforeSeq?: number;
+  afterSeq?: number;
+  limit?: number;
+};
+
+/** Random client message id for idempotent sends (retries reuse it). */
+export function newClientMsgId(): string {
+  return globalThis.crypto.randomUUID();
+}
+
+/**
+ * Typed client of the SecureConnect REST API. Works in Node 20+ and browsers
+ * (only `fetch` and `crypto.randomUUID`). An expired access token is renewed
+ * once with the refresh token, transparently; failures throw the typed errors
+ * of `errors.ts`.
+ */
+export class SecureConnectClient {
+  private tokens: Tokens | null;
+  private refreshing: Promise<void> | null = null;
+  private readonly fetchImpl: typeof fetch;
+  private readonly baseUrl: string;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly options: ClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.tokens = options.tokens ?? null;
+    this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.timeoutMs = options.timeoutMs ?? 15_000;
+  }
+
+  /** The current access token (for the WebSocket `auth` frame), or null when signed out. */
+  get accessToken(): string | null {
+    return this.tokens?.accessToken ?? null;
+  }
+
+  // ---- auth ----
+
+  /** Creates an account and signs in. */
+  async register(body: { email: string; username: string; password: string; displayName?: string; device?: string }): Promise<AuthResult> {
+    return this.adopt(await this.request<AuthResult>('POST', '/v1/auth/register', body, false));
+  }
+
+  /** Signs in with email or username. */
+  async login(login: string, password: string, device?: string): Promise<AuthResult> {
+    return this.adopt(await this.request<AuthResult>('POST', '/v1/auth/login', { login, password, ...(device ? { device } : {}) }, false));
+  }
+
+  /** Rotates the refresh token and renews the access token. */
+  async refresh(): Promise<void> {
+    this.refreshing ??= (async () => {
+      const current = this.tokens;
+      if (!current) throw errorFromResponse(401, { error: { code: 'unauthorized' } }, null);
+      try {
+        const pair = await this.request<TokenPair>('POST', '/v1/auth/refresh', { refreshToken: current.refreshToken }, false);
+        this.setTokens({ accessToken: pair.accessToken, refreshToken: pair.refreshToken });
+      } catch (err) {
+        // A refused refresh token is final (expired, revoked or reused): sign out locally.
+        if ((err as { status?: number }).status === 401) this.setTokens(null);
+        throw err;
+      }
+    })().finally(() => {
+      this.refreshing = null;
+    });
+    return this.refreshing;
+  }
+
+  /** Ends this session on the server and forgets the tokens. */
+  async logout(): Promise<void> {
+    try {
+      await this.request<void>('POST', '/v1/auth/logout');
+    } finally {
+      this.setTokens(null);
+    }
+  }
+
+  /** This account's live sessions (devices). */
+  async sessions(): Promise<Session[]> {
+    return (await this.request<{ items: Session[] }>('GET', '/v1/auth/sessions')).items;
+  }
+
+  /** Ends one of this account's sessions. */
+  async revokeSession(sessionId: string): Promise<void> {
+    await this.request<void>('DELETE', `/v1/auth/sessions/${enc(sessionId)}`);
+  }
+
+  /** Ends every session of this account except the current one. */
+  async revokeOtherSessions(): Promise<void> {
+    await this.request<void>('DELETE', '/v1/auth/sessions');
+  }
+
+  // ---- users ----
+
+  /** The signed-in user's own profile (with email). */
+  me(): Promise<Me> {
+    return this.request<Me>('GET', '/v1/me');
+  }
+
+  /** Updates display name, avatar URL or status text. */
+  updateMe(body: UpdateMeBody): Promise<Me> {
+    return this.request<Me>('PATCH', '/v1/me', body);
+  }
+
+  /** Public profile of a user (never their email). */
+  user(userId: string): Promise<PublicUser> {
+    return this.request<PublicUser>('GET', `/v1/users/${enc(userId)}`);
+  }
+
+  /** Username prefix search, paginated with `nextCursor`. */
+  searchUsers(query: string, opts: { limit?: number; cursor?: string } = {}): Promise<UserSearchResult> {
+    return this.request<UserSearchResult>('GET', `/v1/users${qs({ query, ...opts })}`);
+  }
+
+  /** Online state and last seen of users who share a conversation with you. */
+  async presence(userIds: string[]): Promise<Presence[]> {
+    return (await this.request<{ items: Presence[] }>('GET', `/v1/presence${qs({ userIds: userIds.join(',') })}`)).items;
+  }
+
+  // ---- conversations ----
+
+  /** Opens (or returns the existing) direct conversation with a user. */
+  direct(userId: string): Promise<Conversation> {
+    return this.request<Conversation>('POST', '/v1/conversations', { type: 'direct', userId });
+  }
+
+  /** Creates a group; you are its owner. */
+  createGroup(title: string, memberIds: string[]): Promise<Conversation> {
+    return this.request<Conversation>('POST', '/v1/conversations', { type: 'group', title, memberIds });
+  }
+
+  /** Your conversations by last activity, with last message and unread count. */
+  conversations(opts: { cursor?: string; limit?: number } = {}): Promise<ConversationPage> {
+    return this.request<ConversationPage>('GET', `/v1/conversations${qs(opts)}`);
+  }
+
+  /** One conversation (NotFoundError unless you are a member). */
+  conversation(id: string): Promise<Conversation> {
+    return this.request<Conversation>('GET', `/v1/conversations/${enc(id)}`);
+  }
+
+  /** Renames a group (owners and admins). */
+  renameGroup(id: string, title: string): Promise<Conversation> {
+    return this.request<Conversation>('PATCH', `/v1/conversations/${enc(id)}`, { title });
+  }
+
+  /** Adds a member to a group (owners and admins). */
+  addMember(id: string, userId: string, role?: Role): Promise<Member> {
+    return this.request<Member>('POST', `/v1/conversations/${enc(id)}/members`, { userId, ...(role ? { role } : {}) });
+  }
+
+  /** Changes a member's role (owners). */
+  setRole(id: string, userId: string, role: Role): Promise<Member> {
+    return this.request<Member>('PATCH', `/v1/conversations/${enc(id)}/members/${enc(userId)}`, { role });
+  }
+
+  /** Removes a member; pass your own id to leave. */
+  async removeMember(id: string, userId: string): Promise<void> {
+    await this.request<void>('DELETE', `/v1/conversations/${enc(id)}/members/${enc(userId)}`);
+  }
+
+  // ---- messages ----
+
+  /**
+   * Sends a message. Retrying with the same `clientMsgId` returns the
+   * original message instead of a duplicate, so a send whose answer was lost
+   * can always be retried safely.
+   */
+  send(conversationId: string, content: Content, clientMsgId: string = newClientMsgId()): Promise<Message> {
+    return this.request<Message>('POST', `/v1/conversations/${enc(conversationId)}/messages`, { clientMsgId, content });
+  }
+
+  /** A page of messages, ascending by seq: latest by default, `afterSeq` forward, `beforeSeq` back. */
+  async history(conversationId: string, opts: HistoryOptions = {}): Promise<Message[]> {
+    return (await this.request<MessagePage>('GET', `/v1/conversations/${enc(conversationId)}/messages${qs(opts)}`)).items;
+  }
+
+  /** Edits your own message (same content type). */
+  edit(conversationId: string, messageId: string, content: Content): Promise<Message> {
+    return this.request<Message>('PATCH', `/v1/conversations/${enc(conversationId)}/messages/${enc(messageId)}`, { content });
+  }
+
+  /** Deletes your own message; returns the tombstone. */
+  deleteMessage(conversationId: string, messageId: string): Promise<Message> {
+    return this.request<Message>('DELETE', `/v1/conversations/${enc(conversationId)}/messages/${enc(messageId)}`);
+  }
+
+  /** Moves your read position forward to `seq`. */
+  async markRead(conversationId: string, seq: number): Promise<void> {
+    await this.request<void>('POST', `/v1/conversations/${enc(conversationId)}/read`, { seq });
+  }
+
+  // ---- plumbing ----
+
+  private adopt(result: AuthResult): AuthResult {
+    this.setTokens({ accessToken: result.accessToken, refreshToken: result.refreshToken });
+    return result;
+  }
+
+  private setTokens(tokens: Tokens | null): void {
+    this.tokens = tokens;
+    this.options.onTokens?.(tokens);
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown, authenticated = true, retried = false): Promise<T> {
+    const headers: Record<string, string> = {};
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (authenticated && this.tokens) headers.authorization = `Bearer ${this.tokens.accessToken}`;
+    let res: Response;
+    try {
+      res = await this.fetchImpl(this.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined ? null : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+    } catch (err) {
+      throw new ServerError('unavailable', `request failed: ${err instanceof Error ? err.message : String(err)}`, 0);
+    }
+    if (res.status === 204) return undefined as T;
+    const text = await res.text();
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : null;
+    } catch {
+      // A proxy's HTML error page: the status alone decides the error class.
+      parsed = null;
+    }
+    if (res.ok) return parsed as T;
+    const error = errorFromResponse(res.status, parsed, res.headers.get('retry-after'));
+    if (authenticated && !retried && error.code === 'invalid_token' && this.tokens) {
+      await this.refresh();
+      return this.request<T>(method, path, body, authenticated, true);
+    }
+    throw error;
+  }
+}
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}
+
+function qs(params: Record<string, string | number | undefined>): string {
+  const entries = Object.entries(params).filter((e): e is [string, string | number] => e[1] !== undefined);
+  return entries.length ? `?${new URLSearchParams(entries.map(([k, v]): [string, string] => [k, String(v)])).toString()}` : '';
+}
