@@ -82,6 +82,8 @@ export interface ConversationsService {
   update(auth: AuthContext, conversationId: string, body: { title: string }): Promise<Conversation>;
   addMember(auth: AuthContext, conversationId: string, userId: string, role?: Role): Promise<Member>;
   setRole(auth: AuthContext, conversationId: string, userId: string, role: Role): Promise<Member>;
+  /** Moves the caller's read position forward, clamped to lastSeq, and emits `read` ([M5]). */
+  markRead(auth: AuthContext, conversationId: string, seq: number): Promise<void>;
   /** Removes another member, or leaves when `userId` is the caller. */
   removeMember(auth: AuthContext, conversationId: string, userId: string): Promise<void>;
 }

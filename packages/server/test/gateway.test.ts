@@ -189,7 +189,7 @@ describe('gateway: frames and limits', () => {
     for (const c of [...open, other, again]) c.close();
   });
 
-  it('[G3][AF-R3] a client that stops reading is cut off (4508) instead of being buffered for', async () => {
+  it('[G3][AF-R3][AF-R6] a client that stops reading is cut off (4508) instead of being buffered for', async () => {
     const conv = await conversation(s.url, alice, [bob]);
     const victim = await WsClient.connect(s.wsUrl, bob.accessToken);
     const raw = (victim.ws as any)._socket as Socket;
@@ -315,7 +315,7 @@ describe('gateway: delivery and resume', () => {
     c.close();
   });
 
-  it('[M7] typing and [M5] read over the socket reach the other member', async () => {
+  it('[AF-F1][M7] typing and [M5] read receipts over the socket reach the other member', async () => {
     const a = await WsClient.connect(s.wsUrl, alice.accessToken);
     const b = await WsClient.connect(s.wsUrl, bob.accessToken);
     a.send({ type: 'typing', conversationId: conv });

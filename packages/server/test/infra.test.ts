@@ -142,7 +142,7 @@ describe('database and event log', () => {
     expect((await events.readForUser('u1', start, 1)).length).toBe(1);
   });
 
-  it('[E4] retention prunes old events and raises the floor', async () => {
+  it('[E4][AF-R6] retention prunes old events and raises the floor', async () => {
     const top = await events.maxId();
     const removed = await events.prune(Date.now() + 1);
     expect(removed).toBeGreaterThan(0);

@@ -158,7 +158,7 @@ describe('headers, CORS and the error envelope', () => {
     expectNoInternals(res.body);
   });
 
-  it('[AF-I3] a wrong content type gets 415, unknown fields get 400 validation_failed', async () => {
+  it('[AF-I3][AF-Q2] a wrong content type gets 415, unknown fields get 400 validation_failed', async () => {
     const req = client(s.url);
     const text = await req('POST', '/v1/auth/login', { raw: 'login=a&password=b', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
     expect(text.status).toBe(415);

@@ -129,7 +129,7 @@ describe('presence over HTTP and WebSocket', () => {
   });
   afterAll(async () => s?.close());
 
-  it('[P1] presence is visible only to users who share a conversation', async () => {
+  it('[AF-F1][P1] presence is visible only to users who share a conversation', async () => {
     const req = client(s.url);
     const bobWs = await WsClient.connect(s.wsUrl, bob.accessToken);
     const aliceWs = await WsClient.connect(s.wsUrl, alice.accessToken);

@@ -131,6 +131,17 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
       return { userId: auth.userId, role: m.role, readSeq: m.readSeq };
     },
 
+    async markRead(auth, conversationId, seq) {
+      await membership(auth, conversationId);
+      const moved = await store.tx(async (trx) => {
+        const target = Math.min(seq, await store.lastSeq(trx, conversationId));
+        if (!(await store.advanceRead(trx, conversationId, auth.userId, target))) return false;
+        await events.append(trx, [{ conversationId, userId: null, event: { type: 'read', conversationId, userId: auth.userId, seq: target } }]);
+        return true;
+      });
+      if (moved) events.notify();
+    },
+
     memberIds: (conversationId) => store.memberIds(conversationId),
     peersOf: (userId) => store.peersOf(userId),
 

@@ -201,6 +201,23 @@ export class ConversationsStore {
     await trx.deleteFrom('members').where('conversation_id', '=', conversationId).where('user_id', '=', userId).execute();
   }
 
+  async lastSeq(trx: Transaction<DB>, conversationId: string): Promise<number> {
+    const r = await trx.selectFrom('conversations').select('last_seq').where('id', '=', conversationId).executeTakeFirst();
+    return Number(r?.last_seq ?? 0);
+  }
+
+  /** Moves the read position forward only; false when it was already at or past `seq` ([M5]). */
+  async advanceRead(trx: Transaction<DB>, conversationId: string, userId: string, seq: number): Promise<boolean> {
+    const r = await trx
+      .updateTable('members')
+      .set({ read_seq: seq })
+      .where('conversation_id', '=', conversationId)
+      .where('user_id', '=', userId)
+      .where('read_seq', '<', seq)
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
   /** Records activity (orders the listing) and optionally a new title. */
   async touch(trx: Transaction<DB>, conversationId: string, at: number, title?: string): Promise<void> {
     await trx

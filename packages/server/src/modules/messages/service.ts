@@ -85,14 +85,8 @@ export function createMessagesService(ctx: AppContext, deps: { conversations: Co
     },
 
     async markRead(auth, conversationId, seq) {
-      await deps.conversations.requireMember(auth, conversationId);
-      const moved = await store.tx(async (trx) => {
-        const target = Math.min(seq, await store.lastSeq(trx, conversationId));
-        if (!(await store.advanceRead(trx, conversationId, auth.userId, target))) return false;
-        await events.append(trx, [{ conversationId, userId: null, event: { type: 'read', conversationId, userId: auth.userId, seq: target } }]);
-        return true;
-      });
-      if (moved) events.notify();
+      // The read position is membership state: the conversations module owns it (and checks access).
+      await deps.conversations.markRead(auth, conversationId, seq);
     },
 
     async typing(auth, conversationId) {

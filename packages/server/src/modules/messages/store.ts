@@ -24,10 +24,10 @@ function norm(r: MessageRow): MessageRow {
 }
 
 /**
- * SQL for messages. Sequencing and read positions live on the conversation's
- * rows (conversations.last_seq, members.read_seq) because a seq must be
- * allocated in the same transaction as the message that takes it; these are
- * the only statements outside the conversations module that touch them.
+ * SQL for messages. Sequencing lives on the conversation's row
+ * (conversations.last_seq) because a seq must be allocated in the same
+ * transaction as the message that takes it; that allocation is the only
+ * statement outside the conversations module that touches its tables.
  */
 export class MessagesStore {
   constructor(private readonly database: Database) {}
@@ -91,22 +91,6 @@ export class MessagesStore {
     return rows.map(norm).reverse();
   }
 
-  async lastSeq(trx: Transaction<DB>, conversationId: string): Promise<number> {
-    const r = await trx.selectFrom('conversations').select('last_seq').where('id', '=', conversationId).executeTakeFirst();
-    return Number(r?.last_seq ?? 0);
-  }
-
-  /** Moves the read position forward only; false when it was already at or past `seq` ([M5]). */
-  async advanceRead(trx: Transaction<DB>, conversationId: string, userId: string, seq: number): Promise<boolean> {
-    const r = await trx
-      .updateTable('members')
-      .set({ read_seq: seq })
-      .where('conversation_id', '=', conversationId)
-      .where('user_id', '=', userId)
-      .where('read_seq', '<', seq)
-      .executeTakeFirst();
-    return Number(r.numUpdatedRows) > 0;
-  }
 }
 
 export function keyOf(k: ClientKey): string {
