@@ -31,7 +31,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as hdr from 'hdr-histogram-js';
-import pg from 'pg';
+import { freshDatabaseUrl } from '../packages/server/test/helpers.js';
 import WebSocket from 'ws';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -84,21 +84,6 @@ const BENCH_ENV: Record<string, string> = {
   WS_MAX_CONNECTIONS_PER_NODE: '1000000',
 };
 
-async function freshDatabaseUrl(): Promise<string | undefined> {
-  const base = process.env.DATABASE_URL;
-  if (!base) return undefined;
-  const schema = `bench_${randomBytes(4).toString('hex')}`;
-  const c = new pg.Client({ connectionString: base });
-  await c.connect();
-  try {
-    await c.query(`create schema ${schema}`);
-  } finally {
-    await c.end();
-  }
-  const u = new URL(base);
-  u.searchParams.set('options', `-c search_path=${schema}`);
-  return u.toString();
-}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
