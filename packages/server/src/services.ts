@@ -8,6 +8,8 @@ import type {
   SendMessageBody, Session, TokenPair, UpdateMeBody, UserSearchQuery, UserSearchResult,
   ConversationPage, CreateConversationBody, HistoryQuery, Member, PageQuery,
 } from '@secureconnect/protocol';
+import type { Transaction } from 'kysely';
+import type { DB } from './infra/db/schema.js';
 
 /** Who is calling: set on the request by the auth hook and on a socket after its auth frame. */
 export interface AuthContext {
@@ -69,6 +71,13 @@ export interface MemberInfo {
 export interface ConversationsService {
   /** The caller's membership, or AppError('not_found') (non-members learn nothing). */
   requireMember(auth: AuthContext, conversationId: string): Promise<MemberInfo>;
+  /**
+   * Which of `userIds` are members right now, read inside the caller's
+   * transaction. The caller must already hold the conversation row's lock
+   * (e.g. from allocating a seq), which every membership change also takes, so
+   * the answer stays true until that transaction commits. Internal use only.
+   */
+  membersAmong(trx: Transaction<DB>, conversationId: string, userIds: readonly string[]): Promise<Set<string>>;
   /** Current member ids (for fan-out). No access check: internal use only. */
   memberIds(conversationId: string): Promise<string[]>;
   /** Users who share at least one conversation with `userId` (presence audience). */

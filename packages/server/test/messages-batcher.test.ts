@@ -10,12 +10,14 @@ import { migrateToLatest } from '../src/infra/db/migrate.js';
 import type { DB } from '../src/infra/db/schema.js';
 import { EventLog } from '../src/infra/eventlog.js';
 import { createLogger } from '../src/infra/logger.js';
-import { SendBatcher, type SendItem } from '../src/modules/messages/batcher.js';
+import { SendBatcher, type MembershipCheck, type SendItem } from '../src/modules/messages/batcher.js';
 import { MessagesStore, type ClientKey } from '../src/modules/messages/store.js';
 import type { Config } from '../src/config.js';
 import { testConfig, uid, usingPostgres } from './helpers.js';
 
 const log = createLogger({ level: 'silent', nodeId: 'test' });
+/** These unit tests' conversations have no member rows: every sender counts as a member unless a test says otherwise. */
+const everyone: MembershipCheck = (_trx, _conversationId, ids) => Promise.resolve(new Set(ids));
 
 let config: Config;
 let database: Database;
@@ -61,9 +63,21 @@ class BlindStore extends MessagesStore {
 }
 
 describe('[M3] group commit', () => {
+  it('[C3][M2] a sender who is no longer a member is refused inside the commit, and seqs stay gap-free', async () => {
+    const c = await conversation();
+    const onlyU1: MembershipCheck = (_trx, _conversationId, ids) => Promise.resolve(new Set(ids.filter((id) => id === 'u1')));
+    const b = new SendBatcher(new MessagesStore(database), events, log, onlyU1);
+    const results = await Promise.allSettled([item(c, 'u1'), item(c, 'u2'), item(c, 'u1'), item(c, 'u2'), item(c, 'u1')].map((i) => b.submit(i)));
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'rejected', 'fulfilled']);
+    expect((results[1] as PromiseRejectedResult).reason).toMatchObject({ code: 'not_found' });
+    expect(await seqsOf(c)).toEqual([1, 2, 3]);
+    const row = await database.db.selectFrom('conversations').select('last_seq').where('id', '=', c).executeTakeFirstOrThrow();
+    expect(Number(row.last_seq)).toBe(3);
+  });
+
   it('commits many queued sends in few transactions, capped per flush, seqs gap-free [M2]', async () => {
     const conv = await conversation();
-    const b = new SendBatcher(new MessagesStore(database), events, log, 64);
+    const b = new SendBatcher(new MessagesStore(database), events, log, everyone, 64);
     const results = await Promise.all(Array.from({ length: 300 }, (_, i) => b.submit(item(conv, i % 2 ? 'u1' : 'u2'))));
     expect(results.every((r) => r.created)).toBe(true);
     expect(results.map((r) => r.message.seq)).toEqual(range(300));
@@ -74,7 +88,7 @@ describe('[M3] group commit', () => {
 
   it('an item that fails on its own does not fail the others', async () => {
     const conv = await conversation();
-    const b = new SendBatcher(new MessagesStore(database), events, log);
+    const b = new SendBatcher(new MessagesStore(database), events, log, everyone);
     const out = await Promise.allSettled([
       b.submit(item(conv)),
       b.submit(item('no-such-conversation')),
@@ -90,13 +104,13 @@ describe('[M3] group commit', () => {
 
   it('[M1] duplicates within one batch resolve to one message; a duplicate the batch missed is answered from the constraint', async () => {
     const conv = await conversation();
-    const b = new SendBatcher(new MessagesStore(database), events, log);
+    const b = new SendBatcher(new MessagesStore(database), events, log, everyone);
     const same = await Promise.all([b.submit(item(conv, 'u1', 'dup')), b.submit(item(conv, 'u1', 'dup')), b.submit(item(conv, 'u2', 'dup'))]);
     expect(same.map((r) => r.created)).toEqual([true, false, true]);
     expect(same[1].message).toEqual(same[0].message);
 
     const blind = new BlindStore(database);
-    const b2 = new SendBatcher(blind, events, log);
+    const b2 = new SendBatcher(blind, events, log, everyone);
     const again = await Promise.all([b2.submit(item(conv, 'u1', 'dup')), b2.submit(item(conv, 'u1', 'fresh'))]);
     expect(again[0]).toEqual({ message: same[0].message, created: false });
     expect(again[1].created).toBe(true);
@@ -106,7 +120,7 @@ describe('[M3] group commit', () => {
 
   it('stop() writes what is queued and then refuses', async () => {
     const conv = await conversation();
-    const b = new SendBatcher(new MessagesStore(database), events, log);
+    const b = new SendBatcher(new MessagesStore(database), events, log, everyone);
     const queued = Array.from({ length: 20 }, () => b.submit(item(conv)));
     await b.stop();
     expect((await Promise.all(queued)).map((r) => r.message.seq)).toEqual(range(20));
@@ -117,7 +131,7 @@ describe('[M3] group commit', () => {
     const conv = await conversation();
     const other = openDatabase(config, log);
     try {
-      const nodes = [new SendBatcher(new MessagesStore(database), events, log), new SendBatcher(new MessagesStore(other), new EventLog(other, bus, log), log)];
+      const nodes = [new SendBatcher(new MessagesStore(database), events, log, everyone), new SendBatcher(new MessagesStore(other), new EventLog(other, bus, log), log, everyone)];
       const sends = [];
       for (let i = 0; i < 200; i++) {
         // Every tenth client id is sent by both nodes at once, as a client retrying on another node would.

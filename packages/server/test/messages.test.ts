@@ -34,6 +34,20 @@ const history = async (u: TestUser, conv: string, q = '') => {
 };
 
 describe('send', () => {
+  it('[C3][AF-A8] a member removed after the access check cannot post: the commit checks membership again', async () => {
+    const [a, b] = await users(2);
+    const conv = await group(a!, [b!]);
+    const batcher = (s.app.services.messages as MessagesServiceImpl).batcher;
+    // Bob passed the service's check; then he is removed before his send is committed.
+    const res = await req('DELETE', `/v1/conversations/${conv}/members/${b!.id}`, { token: a!.accessToken });
+    expect(res.status).toBe(204);
+    const late = batcher.submit({ conversationId: conv, senderId: b!.id, clientMsgId: uid(6), content: { type: 'text', text: 'too late' } });
+    const ok = batcher.submit({ conversationId: conv, senderId: a!.id, clientMsgId: uid(6), content: { type: 'text', text: 'still here' } });
+    await expect(late).rejects.toMatchObject({ code: 'not_found' });
+    expect((await ok).message.seq).toBe(1);
+    expect((await history(a!, conv)).map((m) => m.content.text)).toEqual(['still here']);
+  });
+
   it('[M3] a send is answered 201 with the committed message, readable at once', async () => {
     const [a, b] = await users(2);
     const conv = await group(a!, [b!]);

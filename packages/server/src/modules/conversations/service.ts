@@ -142,6 +142,10 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
       if (moved) events.notify();
     },
 
+    async membersAmong(trx, conversationId, userIds) {
+      return new Set((await store.roles(trx, conversationId, [...userIds])).keys());
+    },
+
     memberIds: (conversationId) => store.memberIds(conversationId),
     peersOf: (userId) => store.peersOf(userId),
 

@@ -18,6 +18,9 @@ export interface SendResult {
 }
 type Outcome = SendResult | Error;
 
+/** Which of these senders are members, read under the conversation row's lock (ConversationsService.membersAmong). */
+export type MembershipCheck = (trx: Transaction<DB>, conversationId: string, userIds: readonly string[]) => Promise<Set<string>>;
+
 interface Pending {
   item: SendItem;
   resolve(r: SendResult): void;
@@ -50,6 +53,7 @@ export class SendBatcher {
     private readonly store: MessagesStore,
     private readonly events: EventLog,
     private readonly log: Logger,
+    private readonly members: MembershipCheck,
     private readonly maxBatch = 256,
   ) {}
 
@@ -164,18 +168,26 @@ export class SendBatcher {
     const rows: MessageRow[] = [];
     const entries: EventEntry[] = [];
     for (const conversationId of [...byConversation.keys()].sort()) {
-      const idx = byConversation.get(conversationId)!;
-      const last = await this.store.allocate(trx, conversationId, idx.length, now);
+      const all = byConversation.get(conversationId)!;
+      // Allocating takes the conversation row's lock, which membership changes take too.
+      const last = await this.store.allocate(trx, conversationId, all.length, now);
       if (last === undefined) {
-        for (const i of idx) outcomes[i] = notFound('Conversation not found.');
+        for (const i of all) outcomes[i] = notFound('Conversation not found.');
         continue;
       }
+      // The service checked membership before queueing; check again under the lock, so a
+      // member removed in between cannot still post. Rejected items give their seqs back.
+      const members = await this.members(trx, conversationId, [...new Set(all.map((i) => items[i]!.senderId))]);
+      const idx = all.filter((i) => members.has(items[i]!.senderId));
+      for (const i of all) if (!members.has(items[i]!.senderId)) outcomes[i] = notFound('Conversation not found.');
+      const base = last - all.length;
+      if (idx.length < all.length) await this.store.allocate(trx, conversationId, idx.length - all.length, now);
       idx.forEach((i, n) => {
         const item = items[i]!;
         const row: MessageRow = {
           id: uuidv7(),
           conversation_id: conversationId,
-          seq: last - idx.length + 1 + n,
+          seq: base + 1 + n,
           sender_id: item.senderId,
           client_msg_id: item.clientMsgId,
           content_type: item.content.type,

@@ -31,7 +31,7 @@ function checkContent(content: Content): void {
 
 export function createMessagesService(ctx: AppContext, deps: { conversations: ConversationsService }): MessagesServiceImpl {
   const store = new MessagesStore(ctx.database);
-  const batcher = new SendBatcher(store, ctx.events, ctx.log);
+  const batcher = new SendBatcher(store, ctx.events, ctx.log, (trx, conversationId, userIds) => deps.conversations.membersAmong(trx, conversationId, userIds));
   const typingLimiter = ctx.limiters.create({ name: 'typing', points: 1, durationSec: TYPING_INTERVAL_SEC });
   const { events } = ctx;
 
