@@ -1,5 +1,6 @@
 import { Type, type Static } from 'typebox';
 import { DisplayName, Email, Id, Obj, Password, Timestamp, Username } from './common.js';
+import { CipherSuiteId, MlsCommitContent } from './e2ee.js';
 
 // ---- limits shared by server and clients ----
 export const LIMITS = {
@@ -118,7 +119,7 @@ export const Message = Obj({
   seq: Type.Integer({ minimum: 1 }),
   senderId: Id,
   clientMsgId: Type.String(),
-  content: Type.Union([TextContent, EncryptedContent, DeletedContent]),
+  content: Type.Union([TextContent, EncryptedContent, DeletedContent, MlsCommitContent]),
   createdAt: Timestamp,
   editedAt: Type.Union([Timestamp, Type.Null()]),
   deletedAt: Type.Union([Timestamp, Type.Null()]),
@@ -130,6 +131,8 @@ export const Conversation = Obj({
   type: Type.Union([Type.Literal('direct'), Type.Literal('group')]),
   title: Type.Union([Type.String(), Type.Null()]),
   encryption: Type.Union([Type.Literal('none'), Type.Literal('mls')]),
+  /** For `mls` conversations once initialised: the suite and the epoch of the last accepted commit. */
+  mls: Type.Optional(Obj({ cipherSuite: CipherSuiteId, epoch: Type.Integer({ minimum: 0 }) })),
   createdAt: Timestamp,
   members: Type.Array(Member),
   lastSeq: Type.Integer({ minimum: 0 }),
@@ -139,12 +142,15 @@ export const Conversation = Obj({
 });
 export type Conversation = Static<typeof Conversation>;
 
+/** `mls`: end-to-end encrypted; the creator then initialises the MLS group ([DS1]). */
+export const Encryption = Type.Union([Type.Literal('none'), Type.Literal('mls')]);
 export const CreateConversationBody = Type.Union([
-  Obj({ type: Type.Literal('direct'), userId: Id }),
+  Obj({ type: Type.Literal('direct'), userId: Id, encryption: Type.Optional(Encryption) }),
   Obj({
     type: Type.Literal('group'),
     title: Type.String({ minLength: 1, maxLength: LIMITS.titleMaxChars }),
     memberIds: Type.Array(Id, { maxItems: LIMITS.groupCreateMaxMembers, uniqueItems: true }),
+    encryption: Type.Optional(Encryption),
   }),
 ]);
 export type CreateConversationBody = Static<typeof CreateConversationBody>;

@@ -2,3 +2,4 @@ export * from './errors.js';
 export * from './common.js';
 export * from './api.js';
 export * from './ws.js';
+export * from './e2ee.js';

@@ -2,6 +2,7 @@ import { Type, type Static } from 'typebox';
 import { Compile } from 'typebox/compile';
 import { Id, Obj, Timestamp } from './common.js';
 import { ClientMsgId, Content, Conversation, Member, Message } from './api.js';
+import { DeviceAddedEvent, DeviceRevokedEvent, KeyPackagesLowEvent, MlsWelcomeEvent } from './e2ee.js';
 
 /**
  * Version of the WebSocket protocol. The server announces it in `ready`; a
@@ -51,6 +52,7 @@ export const PresenceEvent = Obj({ type: Type.Literal('presence'), userId: Id, o
 export const ServerEvent = Type.Union([
   MessageCreatedEvent, MessageUpdatedEvent, MessageDeletedEvent, ConversationUpdatedEvent,
   MemberAddedEvent, MemberUpdatedEvent, MemberRemovedEvent, ReadEvent, TypingEvent, PresenceEvent,
+  DeviceAddedEvent, DeviceRevokedEvent, KeyPackagesLowEvent, MlsWelcomeEvent,
 ]);
 export type ServerEvent = Static<typeof ServerEvent>;
 export type ServerEventType = ServerEvent['type'];
@@ -58,13 +60,14 @@ export type ServerEventType = ServerEvent['type'];
 export const DURABLE_EVENT_TYPES = [
   'message.created', 'message.updated', 'message.deleted', 'conversation.updated',
   'member.added', 'member.updated', 'member.removed', 'read',
+  'device.added', 'device.revoked', 'key_packages.low', 'mls.welcome',
 ] as const satisfies readonly ServerEventType[];
 export type DurableEvent = Extract<ServerEvent, { type: (typeof DURABLE_EVENT_TYPES)[number] }>;
 export type EphemeralEvent = Exclude<ServerEvent, DurableEvent>;
 
 // ---- server → client ----
 const WireError = Obj({ code: Type.String(), message: Type.String(), requestId: Type.Optional(Type.String()) });
-export const ReadyFrame = Obj({ type: Type.Literal('ready'), userId: Id, sessionId: Id, cursor: Cursor, protocolVersion: Type.Integer(), replayed: Type.Integer({ minimum: 0 }) });
+export const ReadyFrame = Obj({ type: Type.Literal('ready'), userId: Id, sessionId: Id, deviceId: Type.Union([Id, Type.Null()]), cursor: Cursor, protocolVersion: Type.Integer(), replayed: Type.Integer({ minimum: 0 }) });
 export const AckFrame = Obj({ type: Type.Literal('ack'), reqId: ReqId, message: Message });
 export const ErrorFrame = Obj({ type: Type.Literal('error'), reqId: Type.Optional(ReqId), error: WireError });
 /** `cursor` is the position after this event; ephemeral events repeat the current one. */

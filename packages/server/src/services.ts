@@ -4,7 +4,8 @@
  * each can be read, tested and replaced on its own.
  */
 import type {
-  AuthResult, Content, Conversation, EphemeralEvent, Jwks, LoginBody, Me, Message, Presence, PublicUser, RegisterBody, Role,
+  AuthResult, ClaimKeyPackagesBody, ClaimKeyPackagesResult, Content, Device, KeyPackageStatus, MlsCommitBody, MlsGroupStatus, MlsInitBody,
+  RegisterDeviceBody, UploadKeyPackagesBody, Conversation, EphemeralEvent, Jwks, LoginBody, Me, Message, Presence, PublicUser, RegisterBody, Role,
   SendMessageBody, Session, TokenPair, UpdateMeBody, UserSearchQuery, UserSearchResult,
   ConversationPage, CreateConversationBody, HistoryQuery, Member, PageQuery,
 } from '@secureconnect/protocol';
@@ -15,6 +16,8 @@ import type { DB } from './infra/db/schema.js';
 export interface AuthContext {
   userId: string;
   sessionId: string;
+  /** The E2EE device this session speaks for, or null before one is registered/bound. */
+  deviceId: string | null;
 }
 
 /** Where a request comes from; stored on the session it opens. */
@@ -95,6 +98,8 @@ export interface ConversationsService {
   markRead(auth: AuthContext, conversationId: string, seq: number): Promise<void>;
   /** Removes another member, or leaves when `userId` is the caller. */
   removeMember(auth: AuthContext, conversationId: string, userId: string): Promise<void>;
+  /** Runs inside the transaction that removes a member (the delivery service marks the group, [DS6]). */
+  onMemberRemoved(hook: (trx: Transaction<DB>, conversationId: string, userId: string) => Promise<void>): void;
 }
 
 export interface MessagesService {
@@ -122,6 +127,45 @@ export interface PresenceService {
   stop(): Promise<void>;
 }
 
+export interface DevicesService {
+  /** Registers a device for the caller and binds the calling session to it (AppError('conflict') if already bound). */
+  register(auth: AuthContext, body: RegisterDeviceBody): Promise<Device>;
+  /**
+   * Binds the calling session to an existing device of the caller. `signature`
+   * proves possession of the device's key: Ed25519 over `sc-bind:<sessionId>`.
+   */
+  bind(auth: AuthContext, deviceId: string, signature: string): Promise<Device>;
+  /** Active devices of a user with their public keys. */
+  list(auth: AuthContext, userId: string): Promise<Device[]>;
+  /** Revokes one of the caller's devices: its sessions end, its key packages go, its groups are told ([K5]). */
+  revoke(auth: AuthContext, deviceId: string): Promise<void>;
+  /** Verifies and stores key packages of the caller's device ([K2]). */
+  uploadKeyPackages(auth: AuthContext, body: UploadKeyPackagesBody): Promise<KeyPackageStatus>;
+  keyPackageStatus(auth: AuthContext): Promise<KeyPackageStatus>;
+  /** One package per active device of each user, never the same one twice ([K3]). */
+  claim(auth: AuthContext, body: ClaimKeyPackagesBody): Promise<ClaimKeyPackagesResult>;
+  /** Active devices among `deviceIds` with owner and signature key. Internal use (delivery service). */
+  activeDevices(deviceIds: readonly string[], trx?: Transaction<DB>): Promise<Map<string, { userId: string; signatureKey: string }>>;
+  /** Runs inside the revoking transaction (the delivery service marks the device's groups, [DS6]). */
+  onRevoke(hook: (trx: Transaction<DB>, device: { userId: string; deviceId: string }) => Promise<void>): void;
+}
+
+export interface MlsService {
+  /** Records the group at epoch 0 from the creator's GroupInfo ([DS1]). */
+  init(auth: AuthContext, conversationId: string, body: MlsInitBody): Promise<MlsGroupStatus>;
+  status(auth: AuthContext, conversationId: string): Promise<MlsGroupStatus>;
+  /** Accepts the first commit for the current epoch, sequences it, routes its Welcome ([DS2]–[DS5]). */
+  commit(auth: AuthContext, conversationId: string, body: MlsCommitBody): Promise<{ message: Message; epoch: number }>;
+  /**
+   * Send-path check for a conversation's content: plaintext conversations take
+   * text/encrypted as before; MLS ones only a PrivateMessage of this group with
+   * application content, and not while removals are pending ([DS6], [DS7]).
+   */
+  checkContent(auth: AuthContext, conversationId: string, content: Content): Promise<void>;
+  /** Called inside the transaction that removes a member or revokes a device: marks affected groups ([DS6]). */
+  markPendingRemoval(trx: Transaction<DB>, where: { conversationId: string; userId: string } | { deviceId: string }): Promise<void>;
+}
+
 /** Bus channel for events that are not stored (typing, presence). */
 export const EPHEMERAL_CHANNEL = 'ephemeral';
 export interface EphemeralMessage {
@@ -135,4 +179,6 @@ export interface Services {
   conversations: ConversationsService;
   messages: MessagesService;
   presence: PresenceService;
+  devices: DevicesService;
+  mls: MlsService;
 }

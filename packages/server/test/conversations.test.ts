@@ -12,7 +12,7 @@ beforeAll(async () => {
 });
 afterAll(async () => s.close());
 
-const auth = (u: TestUser) => ({ userId: u.id, sessionId: randomUUID() });
+const auth = (u: TestUser) => ({ userId: u.id, sessionId: randomUUID(), deviceId: null });
 const users = (n: number) => Promise.all(Array.from({ length: n }, () => registerUser(s.url)));
 
 async function group(owner: TestUser, members: TestUser[], title = `g-${uid(3)}`) {

@@ -173,18 +173,18 @@ describe('presence over HTTP and WebSocket', () => {
     const bobWs = await WsClient.connect(s.wsUrl, bob.accessToken);
     await dead.connected(alice.id, 'conn-on-dead-node');
     await bobWs.next(presenceOf(alice.id, true));
-    expect(await sweeper.get({ userId: bob.id, sessionId: 'x' }, [alice.id])).toMatchObject([{ online: true }]);
+    expect(await sweeper.get({ userId: bob.id, sessionId: 'x', deviceId: null }, [alice.id])).toMatchObject([{ online: true }]);
 
     now += 4_000;
     await sweeper.tick();
-    expect(await sweeper.get({ userId: bob.id, sessionId: 'x' }, [alice.id])).toMatchObject([{ online: true }]);
+    expect(await sweeper.get({ userId: bob.id, sessionId: 'x', deviceId: null }, [alice.id])).toMatchObject([{ online: true }]);
     now += 2_000;
     await sweeper.tick();
     await sweeper.tick();
     const off = await bobWs.next(presenceOf(alice.id, false));
     // Last seen is when the dead node last vouched for the connection, not when the sweep ran.
     expect(Date.parse(off.event.lastSeenAt)).toBeLessThanOrEqual(now - 5_000);
-    expect(await sweeper.get({ userId: bob.id, sessionId: 'x' }, [alice.id])).toMatchObject([{ online: false }]);
+    expect(await sweeper.get({ userId: bob.id, sessionId: 'x', deviceId: null }, [alice.id])).toMatchObject([{ online: false }]);
     await new Promise((r) => setTimeout(r, 100));
     expect(bobWs.events('presence').filter(presenceOf(alice.id, false))).toHaveLength(1);
     bobWs.close();

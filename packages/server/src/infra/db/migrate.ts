@@ -1,6 +1,7 @@
 import { Migrator, sql, type Kysely, type Migration, type MigrationResultSet } from 'kysely';
 import type { Dialect } from './index.js';
 import * as m0001 from './migrations/0001_core.js';
+import * as m0002 from './migrations/0002_e2ee.js';
 
 interface VersionedMigration {
   up(db: Kysely<unknown>, dialect: Dialect): Promise<void>;
@@ -10,6 +11,7 @@ interface VersionedMigration {
 /** Forward migrations in order. Names never change once released. */
 const MIGRATIONS: Record<string, VersionedMigration> = {
   '0001_core': m0001,
+  '0002_e2ee': m0002,
 };
 
 /** Session-level advisory lock key held for a whole migration run on PostgreSQL. */

@@ -28,6 +28,8 @@ export interface SessionsTable {
   expires_at: Millis;
   revoked_at: Millis | null;
   revoked_reason: string | null;
+  /** The device this session speaks for (set by device registration or login with deviceId). */
+  device_id: string | null;
 }
 
 /** Every refresh token ever issued for a session, stored as SHA-256; a used one presented again means theft. */
@@ -66,8 +68,8 @@ export interface MessagesTable {
   seq: number;
   sender_id: string;
   client_msg_id: string;
-  content_type: 'text' | 'encrypted' | 'deleted';
-  /** Text, or base64 ciphertext the server never reads; null once deleted. */
+  content_type: 'text' | 'encrypted' | 'deleted' | 'mls-commit';
+  /** Text, base64 ciphertext the server never reads, or for mls-commit `<epoch>:<base64 commit>`; null once deleted. */
   body: string | null;
   created_at: Millis;
   edited_at: Millis | null;
@@ -80,9 +82,55 @@ export interface EventsTable {
   conversation_id: string | null;
   /** A user who must receive this event even if not (or no longer) a member. */
   user_id: string | null;
+  /** Only this device's sockets receive it (Welcome, key package stock). */
+  device_id: string | null;
   type: string;
   payload: string;
   created_at: Millis;
+}
+
+export interface DevicesTable {
+  id: string;
+  user_id: string;
+  name: string;
+  /** base64 MLS signature public key; the only key a leaf of this device may carry. */
+  signature_key: string;
+  created_at: Millis;
+  last_seen_at: Millis | null;
+  revoked_at: Millis | null;
+}
+
+export interface KeyPackagesTable {
+  /** base64 KeyPackageRef: what a Welcome names its recipients by. */
+  ref: string;
+  device_id: string;
+  user_id: string;
+  cipher_suite: number;
+  /** 1 for the last-resort package: handed out when the stock is empty, never consumed. */
+  last_resort: number;
+  /** base64 MLSMessage(KeyPackage). */
+  data: string;
+  created_at: Millis;
+  expires_at: Millis;
+}
+
+export interface MlsGroupsTable {
+  conversation_id: string;
+  cipher_suite: number;
+  epoch: number;
+  /** base64 MLSMessage(GroupInfo) of `epoch`, with the ratchet_tree extension. */
+  group_info: string;
+  /** 1 while the tree holds a removed member's or a revoked device's leaf ([DS6]). */
+  pending_removal: number;
+  updated_at: Millis;
+}
+
+/** Who holds each leaf of an MLS group at the current epoch, derived from the GroupInfo's tree. */
+export interface MlsLeavesTable {
+  conversation_id: string;
+  leaf_index: number;
+  user_id: string;
+  device_id: string;
 }
 
 export interface MetaTable {
@@ -98,5 +146,9 @@ export interface DB {
   members: MembersTable;
   messages: MessagesTable;
   events: EventsTable;
+  devices: DevicesTable;
+  key_packages: KeyPackagesTable;
+  mls_groups: MlsGroupsTable;
+  mls_leaves: MlsLeavesTable;
   meta: MetaTable;
 }
