@@ -1,6 +1,6 @@
 import { Type, type Static } from 'typebox';
 import { DisplayName, Email, Id, Obj, Password, Timestamp, Username } from './common.js';
-import { CipherSuiteId, MlsCommitContent } from './e2ee.js';
+import { MlsCommitContent } from './e2ee.js';
 
 // ---- limits shared by server and clients ----
 export const LIMITS = {
@@ -131,8 +131,6 @@ export const Conversation = Obj({
   type: Type.Union([Type.Literal('direct'), Type.Literal('group')]),
   title: Type.Union([Type.String(), Type.Null()]),
   encryption: Type.Union([Type.Literal('none'), Type.Literal('mls')]),
-  /** For `mls` conversations once initialised: the suite and the epoch of the last accepted commit. */
-  mls: Type.Optional(Obj({ cipherSuite: CipherSuiteId, epoch: Type.Integer({ minimum: 0 }) })),
   createdAt: Timestamp,
   members: Type.Array(Member),
   lastSeq: Type.Integer({ minimum: 0 }),

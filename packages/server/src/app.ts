@@ -23,6 +23,8 @@ import { createUsersService, usersRoutes } from './modules/users/index.js';
 import { conversationsRoutes, createConversationsService } from './modules/conversations/index.js';
 import { createMessagesService, messagesRoutes } from './modules/messages/index.js';
 import { createPresenceService, presenceRoutes } from './modules/presence/index.js';
+import { createDevicesService, devicesRoutes } from './modules/devices/index.js';
+import { createMlsService, mlsRoutes } from './modules/mls/index.js';
 import { Gateway } from './realtime/gateway.js';
 import type { Services } from './services.js';
 
@@ -57,7 +59,13 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const conversations = createConversationsService(ctx, { users });
   const messages = createMessagesService(ctx, { conversations });
   const presence = createPresenceService(ctx, { conversations, users });
-  const services: Services = { auth, users, conversations, messages, presence };
+  const devices = createDevicesService(ctx, { auth, users, conversations });
+  const mls = createMlsService(ctx, { conversations, messages, devices });
+  // The delivery service's rules run inside the other modules' operations ([DS6], [DS7]).
+  conversations.onMemberRemoved((trx, c, u) => mls.markPendingRemoval(trx, { conversationId: c, userId: u }));
+  devices.onRevoke((trx, d) => mls.markPendingRemoval(trx, { deviceId: d.deviceId }));
+  messages.setContentCheck((a, c, content) => mls.checkContent(a, c, content));
+  const services: Services = { auth, users, conversations, messages, presence, devices, mls };
 
   // Fastify's instance type is generic over the logger; widen once so plugins see the default type.
   const httpLog: FastifyBaseLogger = log;
@@ -139,6 +147,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await fastify.register(conversationsRoutes, moduleOpts);
   await fastify.register(messagesRoutes, moduleOpts);
   await fastify.register(presenceRoutes, moduleOpts);
+  await fastify.register(devicesRoutes, moduleOpts);
+  await fastify.register(mlsRoutes, moduleOpts);
 
   const gateway = new Gateway(ctx, services);
   await fastify.ready();

@@ -11,6 +11,7 @@ import type {
 } from '@secureconnect/protocol';
 import type { Transaction } from 'kysely';
 import type { DB } from './infra/db/schema.js';
+import type { EventEntry } from './infra/eventlog.js';
 
 /** Who is calling: set on the request by the auth hook and on a socket after its auth frame. */
 export interface AuthContext {
@@ -47,6 +48,17 @@ export interface AuthService {
   verifyAccessToken(token: string): Promise<AuthContext>;
   /** Called when a session is revoked anywhere in the cluster (bus), e.g. to close its sockets. */
   onSessionRevoked(listener: (sessionId: string, userId: string) => void): () => void;
+  /**
+   * Binds a live session to a device ([K1]): AppError('conflict') if it is
+   * bound to another, idempotent for the same one. Visible on this node at
+   * once and on every node within 1 s. With `trx` only the row is written
+   * (nothing is announced before commit): call again without it after commit.
+   */
+  bindDevice(sessionId: string, deviceId: string, trx?: Transaction<DB>): Promise<void>;
+  /** Called when a session is bound to a device anywhere in the cluster (bus), e.g. to retarget its sockets. */
+  onSessionBound(listener: (sessionId: string, deviceId: string) => void): () => void;
+  /** Ends every live session bound to the device, on every node, like revokeSession ([K5]). */
+  revokeDeviceSessions(userId: string, deviceId: string): Promise<void>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -81,6 +93,10 @@ export interface ConversationsService {
    * the answer stays true until that transaction commits. Internal use only.
    */
   membersAmong(trx: Transaction<DB>, conversationId: string, userIds: readonly string[]): Promise<Set<string>>;
+  /** Like membersAmong, with each member's role (same locking rule). Internal use only. */
+  rolesAmong(trx: Transaction<DB>, conversationId: string, userIds: readonly string[]): Promise<Map<string, Role>>;
+  /** A conversation's encryption ('none' | 'mls'), undefined when it does not exist. It never changes. No access check: internal use only. */
+  encryptionOf(conversationId: string): Promise<'none' | 'mls' | undefined>;
   /** Current member ids (for fan-out). No access check: internal use only. */
   memberIds(conversationId: string): Promise<string[]>;
   /** Users who share at least one conversation with `userId` (presence audience). */
@@ -113,6 +129,35 @@ export interface MessagesService {
   history(auth: AuthContext, conversationId: string, query: HistoryQuery): Promise<Message[]>;
   /** Flushes pending writes (group commit) and refuses new ones. */
   stop(): Promise<void>;
+  /**
+   * Installs the check every send and edit runs after the membership check and
+   * before anything is written (the delivery service's [DS7]); it throws an
+   * AppError to refuse the content.
+   */
+  setContentCheck(check: ContentCheck): void;
+  /**
+   * Sequences an accepted MLS commit in the caller's transaction ([DS3]):
+   * allocates its seq first (taking the conversation row lock that membership
+   * changes and sends take), runs `underLock` (the caller's re-checks and
+   * writes; it returns further events), then inserts the message
+   * (content `mls-commit`, clientMsgId `mls:<epoch>`) and appends
+   * `message.created` and those events last. The caller notifies after commit.
+   */
+  appendCommit(trx: Transaction<DB>, commit: CommitItem, underLock: () => Promise<EventEntry[]>): Promise<Message>;
+  /** The commit `senderId` had accepted for `epoch`, if any (an idempotent retry answers with it). Internal use only. */
+  findCommit(conversationId: string, senderId: string, epoch: number): Promise<Message | undefined>;
+}
+
+/** Refuses content a conversation does not take (throws AppError). */
+export type ContentCheck = (auth: AuthContext, conversationId: string, content: Content) => Promise<void>;
+
+export interface CommitItem {
+  conversationId: string;
+  senderId: string;
+  /** Epoch the commit is based on. */
+  epoch: number;
+  /** base64 MLSMessage(PublicMessage). */
+  commit: string;
 }
 
 export interface PresenceService {

@@ -28,7 +28,7 @@ async function send(u: TestUser, conversationId: string, text = `hi ${uid(3)}`) 
 }
 
 async function eventsFor(u: TestUser, type?: string) {
-  const all = await s.app.ctx.events.readForUser(u.id, 0);
+  const all = await s.app.ctx.events.readForUser(u.id, null, 0);
   return all.filter((e) => !type || e.event.type === type);
 }
 

@@ -137,9 +137,9 @@ describe('database and event log', () => {
         { conversationId: null, userId: 'u1', event: { type: 'member.removed', conversationId: 'c9', userId: 'u1', by: 'x' } },
       ]);
     });
-    const got = await events.readForUser('u1', start);
+    const got = await events.readForUser('u1', null, start);
     expect(got.map((e) => e.event.type)).toEqual(['read', 'member.removed']);
-    expect((await events.readForUser('u1', start, 1)).length).toBe(1);
+    expect((await events.readForUser('u1', null, start, 1)).length).toBe(1);
   });
 
   it('[E4][AF-R6] retention prunes old events and raises the floor', async () => {
@@ -147,7 +147,7 @@ describe('database and event log', () => {
     const removed = await events.prune(Date.now() + 1);
     expect(removed).toBeGreaterThan(0);
     expect(await events.floor()).toBe(top);
-    expect(await events.readForUser('u1', 0)).toEqual([]);
+    expect(await events.readForUser('u1', null, 0)).toEqual([]);
     // The floor never moves back.
     await events.prune(0);
     expect(await events.floor()).toBe(top);

@@ -62,7 +62,7 @@ describe('send', () => {
     const [a, b] = await users(2);
     const conv = await group(a!, [b!]);
     const m = (await post(a!, conv, text('evented'))).body;
-    const evs = (await s.app.ctx.events.readForUser(b!.id, 0)).filter((e) => e.event.type === 'message.created');
+    const evs = (await s.app.ctx.events.readForUser(b!.id, null, 0)).filter((e) => e.event.type === 'message.created');
     expect(evs).toHaveLength(1);
     expect(evs[0]!.conversationId).toBe(conv);
     expect(evs[0]!.event).toEqual({ type: 'message.created', message: m });
@@ -87,7 +87,7 @@ describe('send', () => {
     expect(new Set(burst.map((r) => r.body.id)).size).toBe(1);
     const items = await history(a!, conv);
     expect(items.map((m) => m.seq)).toEqual([1, 2, 3]);
-    const created = (await s.app.ctx.events.readForUser(a!.id, 0)).filter((e) => e.event.type === 'message.created' && e.conversationId === conv);
+    const created = (await s.app.ctx.events.readForUser(a!.id, null, 0)).filter((e) => e.event.type === 'message.created' && e.conversationId === conv);
     expect(created).toHaveLength(3);
   });
 
@@ -102,7 +102,7 @@ describe('send', () => {
     expect(batcher.stats.flushes - flushesBefore).toBeLessThan(50);
     const items = await history(a!, conv, '?limit=200');
     expect(items.map((m) => m.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
-    const evs = (await s.app.ctx.events.readForUser(b!.id, 0)).filter((e) => e.event.type === 'message.created' && e.conversationId === conv);
+    const evs = (await s.app.ctx.events.readForUser(b!.id, null, 0)).filter((e) => e.event.type === 'message.created' && e.conversationId === conv);
     expect(evs.map((e) => (e.event as any).message.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
   });
 
@@ -268,7 +268,7 @@ describe('[M4] [AF-F2] edit and delete', () => {
     const row = await s.app.ctx.database.db.selectFrom('messages').select(['body', 'content_type']).where('id', '=', m.id).executeTakeFirstOrThrow();
     expect(row).toEqual({ body: null, content_type: 'deleted' });
 
-    const evs = (await s.app.ctx.events.readForUser(b!.id, 0)).filter((e) => e.conversationId === conv && e.event.type.startsWith('message.'));
+    const evs = (await s.app.ctx.events.readForUser(b!.id, null, 0)).filter((e) => e.conversationId === conv && e.event.type.startsWith('message.'));
     expect(evs.map((e) => e.event)).toEqual([
       { type: 'message.created', message: m },
       { type: 'message.updated', message: edited.body },
@@ -305,7 +305,7 @@ describe('[M5] read position', () => {
     expect((await read(999)).status).toBe(204);
     expect((await req('POST', `/v1/conversations/${conv}/read`, { token: b!.accessToken, body: { seq: -1 } })).status).toBe(400);
 
-    const evs = (await s.app.ctx.events.readForUser(a!.id, 0)).filter((e) => e.conversationId === conv && e.event.type === 'read');
+    const evs = (await s.app.ctx.events.readForUser(a!.id, null, 0)).filter((e) => e.conversationId === conv && e.event.type === 'read');
     expect(evs.map((e) => e.event)).toEqual([
       { type: 'read', conversationId: conv, userId: b!.id, seq: 2 },
       { type: 'read', conversationId: conv, userId: b!.id, seq: 3 },

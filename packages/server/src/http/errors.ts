@@ -14,6 +14,9 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_VALIDATION: 'validation_failed',
 };
 
+/** Codes whose details are meant for the client (e.g. the current epoch after a lost commit race, [DS2]); other details stay server-side. */
+const PUBLIC_DETAILS = new Set<ErrorCode>(['rate_limited', 'validation_failed', 'epoch_conflict', 'invalid_key_package']);
+
 export function sendError(reply: FastifyReply, request: FastifyRequest, code: ErrorCode, message?: string, details?: unknown): FastifyReply {
   const body: ErrorBody = { error: { code, message: message ?? ERRORS[code].message, requestId: request.id } };
   if (details !== undefined) body.error.details = details;
@@ -25,7 +28,7 @@ export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | AppError | Error, request, reply) => {
     if (err instanceof AppError) {
       if (err.headers) void reply.headers(err.headers);
-      return sendError(reply, request, err.code, err.message, err.code === 'rate_limited' || err.code === 'validation_failed' ? err.details : undefined);
+      return sendError(reply, request, err.code, err.message, PUBLIC_DETAILS.has(err.code) ? err.details : undefined);
     }
     const fe = err as FastifyError;
     if (fe.validation) {

@@ -10,6 +10,8 @@ export interface StoredEvent {
   id: number;
   conversationId: string | null;
   userId: string | null;
+  /** When set, only sockets of this device receive the event. */
+  deviceId: string | null;
   event: DurableEvent;
 }
 
@@ -18,6 +20,12 @@ export interface EventEntry {
   conversationId: string | null;
   /** Also (or only) delivered to this user, member or not. */
   userId: string | null;
+  /**
+   * Narrows delivery to the sockets of this one device (sessions bound to it)
+   * among the recipients above: a Welcome or a key package stock warning is
+   * for one device, not for every device of the user.
+   */
+  deviceId?: string | null;
   event: DurableEvent;
 }
 
@@ -25,6 +33,8 @@ const NOTIFY_CHANNEL = 'events';
 /** PostgreSQL advisory lock key serialising event-log appends (see [E1] in docs/SPEC.md). */
 const APPEND_LOCK_KEY = 0x5ec0_0001;
 const PAGE = 1_000;
+/** Rows per INSERT: 6 parameters each stays far below SQLite's 32,766 and PostgreSQL's 65,535. */
+const APPEND_CHUNK = 1_000;
 
 /**
  * The durable event log (docs/SPEC.md [E1]–[E4]).
@@ -53,12 +63,17 @@ export class EventLog {
     if (entries.length === 0) return [];
     if (this.database.dialect === 'postgres') await sql`select pg_advisory_xact_lock(${APPEND_LOCK_KEY})`.execute(trx);
     const now = Date.now();
-    const rows = await trx
-      .insertInto('events')
-      .values(entries.map((e) => ({ conversation_id: e.conversationId, user_id: e.userId, type: e.event.type, payload: JSON.stringify(e.event), created_at: now })))
-      .returning('id')
-      .execute();
-    return rows.map((r) => r.id);
+    const ids: number[] = [];
+    // One event per peer (device.added) can mean thousands of rows: stay under the engines' bound-parameter limits.
+    for (let i = 0; i < entries.length; i += APPEND_CHUNK) {
+      const rows = await trx
+        .insertInto('events')
+        .values(entries.slice(i, i + APPEND_CHUNK).map((e) => ({ conversation_id: e.conversationId, user_id: e.userId, device_id: e.deviceId ?? null, type: e.event.type, payload: JSON.stringify(e.event), created_at: now })))
+        .returning('id')
+        .execute();
+      for (const r of rows) ids.push(r.id);
+    }
+    return ids;
   }
 
   /** Wakes every node's tailer. Call after the appending transaction committed. */
@@ -68,12 +83,16 @@ export class EventLog {
     this.schedulePull();
   }
 
-  /** Events after `afterId` that `userId` may see: in their conversations, or addressed to them. */
-  async readForUser(userId: string, afterId: number, limit = PAGE): Promise<StoredEvent[]> {
+  /**
+   * Events after `afterId` that `userId` may see: in their conversations, or
+   * addressed to them; of those addressed to one device, only `deviceId`'s
+   * (none when the reader speaks for no device).
+   */
+  async readForUser(userId: string, deviceId: string | null, afterId: number, limit = PAGE): Promise<StoredEvent[]> {
     const db = this.database.db;
     const rows = await db
       .selectFrom('events')
-      .select(['id', 'conversation_id', 'user_id', 'payload'])
+      .select(['id', 'conversation_id', 'user_id', 'device_id', 'payload'])
       .where('id', '>', afterId)
       .where((eb) =>
         eb.or([
@@ -81,6 +100,7 @@ export class EventLog {
           eb('conversation_id', 'in', eb.selectFrom('members').select('conversation_id').where('user_id', '=', userId)),
         ]),
       )
+      .where((eb) => (deviceId === null ? eb('device_id', 'is', null) : eb.or([eb('device_id', 'is', null), eb('device_id', '=', deviceId)])))
       .orderBy('id')
       .limit(limit)
       .execute();
@@ -159,7 +179,7 @@ export class EventLog {
     for (;;) {
       const rows = await this.database.db
         .selectFrom('events')
-        .select(['id', 'conversation_id', 'user_id', 'payload'])
+        .select(['id', 'conversation_id', 'user_id', 'device_id', 'payload'])
         .where('id', '>', this.head)
         .orderBy('id')
         .limit(PAGE)
@@ -179,6 +199,6 @@ export class EventLog {
   }
 }
 
-function toStored(r: { id: number; conversation_id: string | null; user_id: string | null; payload: string }): StoredEvent {
-  return { id: Number(r.id), conversationId: r.conversation_id, userId: r.user_id, event: JSON.parse(r.payload) as DurableEvent };
+function toStored(r: { id: number; conversation_id: string | null; user_id: string | null; device_id: string | null; payload: string }): StoredEvent {
+  return { id: Number(r.id), conversationId: r.conversation_id, userId: r.user_id, deviceId: r.device_id, event: JSON.parse(r.payload) as DurableEvent };
 }

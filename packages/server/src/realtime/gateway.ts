@@ -109,6 +109,7 @@ export class Gateway {
     server.on('upgrade', this.onUpgrade);
     this.cleanups.push(this.ctx.events.onEvents((events) => this.enqueue(events)));
     this.cleanups.push(this.services.auth.onSessionRevoked((sessionId) => this.revokeSession(sessionId)));
+    this.cleanups.push(this.services.auth.onSessionBound((sessionId, deviceId) => this.bindSession(sessionId, deviceId)));
     this.subscribed = this.ctx.bus.subscribe(EPHEMERAL_CHANNEL, (m) => this.onEphemeral(m)).then(
       (unsubscribe) => {
         this.cleanups.push(() => {
@@ -370,7 +371,8 @@ export class Gateway {
 
     let replayed = 0;
     for (;;) {
-      const page = await this.ctx.events.readForUser(auth.userId, conn.cursor, REPLAY_PAGE);
+      // Read per page: the session may get its device while the replay runs.
+      const page = await this.ctx.events.readForUser(auth.userId, conn.auth.deviceId, conn.cursor, REPLAY_PAGE);
       if (conn.closing) return;
       for (const e of page) {
         const data = eventFrame(e);
@@ -389,7 +391,7 @@ export class Gateway {
       conn.overflowed = false;
     }
 
-    this.write(conn, JSON.stringify({ type: 'ready', userId: auth.userId, sessionId: auth.sessionId, cursor: String(conn.cursor), protocolVersion: PROTOCOL_VERSION, replayed }));
+    this.write(conn, JSON.stringify({ type: 'ready', userId: auth.userId, sessionId: auth.sessionId, deviceId: conn.auth.deviceId, cursor: String(conn.cursor), protocolVersion: PROTOCOL_VERSION, replayed }));
     const held = conn.pending;
     conn.pending = [];
     conn.state = 'live';
@@ -401,6 +403,15 @@ export class Gateway {
       }
     }
     for (const f of conn.early.splice(0)) this.handle(conn, f);
+  }
+
+  /**
+   * A socket speaks for the device its session is bound to, from the binding
+   * on: device-addressed events committed after it reach the socket live.
+   * Earlier ones are in the log for a resume from the device's own cursor.
+   */
+  private bindSession(sessionId: string, deviceId: string): void {
+    for (const c of this.bySession.get(sessionId) ?? []) if (c.auth) c.auth = { ...c.auth, deviceId };
   }
 
   private revokeSession(sessionId: string): void {
@@ -448,7 +459,7 @@ export class Gateway {
       const data = eventFrame(e);
       for (const userId of recipients) {
         const conns = this.byUser.get(userId);
-        if (conns) for (const c of conns) this.deliver(c, e.id, data);
+        if (conns) for (const c of conns) this.deliver(c, e.id, e.deviceId, data);
       }
     }
   }
@@ -498,8 +509,10 @@ export class Gateway {
     return set;
   }
 
-  private deliver(conn: Conn, id: number, data: Buffer): void {
+  private deliver(conn: Conn, id: number, deviceId: string | null, data: Buffer): void {
     if (conn.closing) return;
+    // Addressed to one device: other sockets of the user skip it, and their cursor passes over it on the next event.
+    if (deviceId !== null && conn.auth?.deviceId !== deviceId) return;
     if (conn.state === 'buffering') {
       if (conn.overflowed) return;
       if (conn.pending.length >= MAX_PENDING_LIVE) {

@@ -4,6 +4,8 @@ import { uuidv7 } from 'uuidv7';
 import type { AppContext } from '../../context.js';
 import { AppError, notFound, rateLimited } from '../../infra/errors.js';
 import { consumeOrThrow } from '../../infra/ratelimit.js';
+import type { Transaction } from 'kysely';
+import type { DB } from '../../infra/db/schema.js';
 import type { AuthContext, AuthService, ClientMeta } from '../../services.js';
 import { hashPassword, makeDummyHash, verifyPassword } from './passwords.js';
 import { isUniqueViolation } from '../../infra/db/errors.js';
@@ -12,6 +14,8 @@ import { TokenKeys, hashRefreshToken, newRefreshToken, publicJwks } from './toke
 
 /** Bus channel announcing revoked sessions to every node ([S3]). */
 export const SESSIONS_REVOKED_CHANNEL = 'sessions.revoked';
+/** Bus channel announcing a session newly bound to a device ([K1]). */
+export const SESSIONS_BOUND_CHANNEL = 'sessions.bound';
 /**
  * How long a node trusts a session it has looked up. Below 1 s, so a
  * revocation takes effect everywhere within 1 s even when the bus message is
@@ -36,11 +40,23 @@ interface RevokedMessage {
   sessionIds: string[];
 }
 
+interface BoundMessage {
+  node: string;
+  sessionId: string;
+  deviceId: string;
+}
+
 interface CachedSession {
   userId: string;
+  deviceId: string | null;
   /** 0 when the session is known to be revoked: final, so it may be cached as long as tokens live. */
   validUntil: number;
   checkedAt: number;
+}
+
+function isBoundMessage(m: unknown): m is BoundMessage {
+  const r = m as Partial<BoundMessage> | null;
+  return typeof r?.node === 'string' && typeof r.sessionId === 'string' && typeof r.deviceId === 'string';
 }
 
 function isRevokedMessage(m: unknown): m is RevokedMessage {
@@ -55,7 +71,8 @@ export class AuthServiceImpl implements AuthService {
   private readonly cache = new Map<string, CachedSession>();
   private readonly inflight = new Map<string, Promise<CachedSession>>();
   private readonly listeners = new Set<(sessionId: string, userId: string) => void>();
-  private unsubscribe: (() => Promise<void>) | undefined;
+  private readonly boundListeners = new Set<(sessionId: string, deviceId: string) => void>();
+  private readonly unsubscribes: (() => Promise<void>)[] = [];
   private purgeTimer: NodeJS.Timeout | undefined;
   private readonly registerLimiter: RateLimiterAbstract;
   private readonly refreshLimiter: RateLimiterAbstract;
@@ -76,7 +93,8 @@ export class AuthServiceImpl implements AuthService {
   async start(): Promise<void> {
     await this.tokenKeys();
     await this.dummy();
-    this.unsubscribe = await this.ctx.bus.subscribe(SESSIONS_REVOKED_CHANNEL, (m) => this.onBusRevoked(m));
+    this.unsubscribes.push(await this.ctx.bus.subscribe(SESSIONS_REVOKED_CHANNEL, (m) => this.onBusRevoked(m)));
+    this.unsubscribes.push(await this.ctx.bus.subscribe(SESSIONS_BOUND_CHANNEL, (m) => this.onBusBound(m)));
     this.purgeTimer = setInterval(() => {
       this.store.purgeEnded(Date.now() - ENDED_SESSION_RETENTION_MS).then(
         (n) => { if (n > 0) this.ctx.log.info({ sessions: n }, 'purged ended sessions'); },
@@ -88,9 +106,7 @@ export class AuthServiceImpl implements AuthService {
 
   async stop(): Promise<void> {
     if (this.purgeTimer) clearInterval(this.purgeTimer);
-    const unsub = this.unsubscribe;
-    this.unsubscribe = undefined;
-    if (unsub) await unsub();
+    for (const unsub of this.unsubscribes.splice(0)) await unsub();
     this.cache.clear();
   }
 
@@ -211,6 +227,64 @@ export class AuthServiceImpl implements AuthService {
     await this.announceRevoked(auth.userId, ids);
   }
 
+  async revokeDeviceSessions(userId: string, deviceId: string): Promise<void> {
+    const ids = await this.store.revokeDeviceSessions(userId, deviceId, Date.now(), 'device_revoked');
+    await this.announceRevoked(userId, ids);
+  }
+
+  // ---- devices ([K1]) ----
+
+  async bindDevice(sessionId: string, deviceId: string, trx?: Transaction<DB>): Promise<void> {
+    const bound = await this.store.bindDevice(sessionId, deviceId, trx);
+    if (bound === undefined) throw new AppError('invalid_token', 'The session has ended.');
+    if (bound !== deviceId) throw new AppError('conflict', 'This session is already bound to another device.');
+    // Inside a transaction nothing is visible yet: the caller calls again after commit.
+    if (trx) return;
+    this.applyBound(sessionId, deviceId);
+    const msg: BoundMessage = { node: this.ctx.config.nodeId, sessionId, deviceId };
+    try {
+      await this.ctx.bus.publish(SESSIONS_BOUND_CHANNEL, msg);
+    } catch (err) {
+      // Still effective: other nodes re-read the session within SESSION_CACHE_TTL_MS.
+      this.ctx.log.warn({ err, sessionId }, 'could not publish session binding');
+    }
+  }
+
+  private onBusBound(m: unknown): void {
+    if (!isBoundMessage(m)) {
+      this.ctx.log.warn('malformed session binding message');
+      return;
+    }
+    if (m.node === this.ctx.config.nodeId) return;
+    this.applyBound(m.sessionId, m.deviceId);
+  }
+
+  private applyBound(sessionId: string, deviceId: string): void {
+    const cached = this.cache.get(sessionId);
+    if (cached) {
+      // A binding never outlives its session: a revoked entry stays revoked.
+      if (cached.validUntil !== 0) cached.deviceId = deviceId;
+    } else {
+      // Stale on purpose (checkedAt 0): the next use reads the session, and a
+      // read that was already under way cannot put back the unbound state.
+      this.cacheSet(sessionId, { userId: '', deviceId, validUntil: 1, checkedAt: 0 });
+    }
+    for (const l of this.boundListeners) {
+      try {
+        l(sessionId, deviceId);
+      } catch (err) {
+        this.ctx.log.error({ err }, 'session binding listener failed');
+      }
+    }
+  }
+
+  onSessionBound(listener: (sessionId: string, deviceId: string) => void): () => void {
+    this.boundListeners.add(listener);
+    return () => {
+      this.boundListeners.delete(listener);
+    };
+  }
+
   /** Revokes the sessions of `userId` among `ids` that are live; returns those. */
   private async revoke(userId: string, ids: string[], reason: string): Promise<string[]> {
     const now = Date.now();
@@ -245,7 +319,7 @@ export class AuthServiceImpl implements AuthService {
   private applyRevoked(userId: string, sessionIds: string[]): void {
     const now = Date.now();
     for (const id of sessionIds) {
-      this.cacheSet(id, { userId, validUntil: 0, checkedAt: now });
+      this.cacheSet(id, { userId, deviceId: null, validUntil: 0, checkedAt: now });
       for (const l of this.listeners) {
         try {
           l(id, userId);
@@ -270,7 +344,7 @@ export class AuthServiceImpl implements AuthService {
     const claims = await (await this.tokenKeys()).verify(token);
     const s = await this.sessionState(claims.sessionId);
     if (s.userId !== claims.userId || s.validUntil <= Date.now()) throw new AppError('invalid_token');
-    return { userId: claims.userId, sessionId: claims.sessionId };
+    return { userId: claims.userId, sessionId: claims.sessionId, deviceId: s.deviceId };
   }
 
   private async sessionState(sessionId: string): Promise<CachedSession> {
@@ -289,10 +363,13 @@ export class AuthServiceImpl implements AuthService {
   private async loadSession(sessionId: string): Promise<CachedSession> {
     const checkedAt = Date.now();
     const row = await this.store.getSession(sessionId);
-    if (!row) return { userId: '', validUntil: 0, checkedAt };
-    const entry: CachedSession = { userId: row.user_id, validUntil: row.revoked_at === null ? row.expires_at : 0, checkedAt };
+    if (!row) return { userId: '', deviceId: null, validUntil: 0, checkedAt };
+    const entry: CachedSession = { userId: row.user_id, deviceId: row.device_id, validUntil: row.revoked_at === null ? row.expires_at : 0, checkedAt };
+    const prev = this.cache.get(sessionId);
+    // Bindings only ever go from none to one device, so one announced while we read wins over what we read.
+    if (entry.deviceId === null && prev?.deviceId) entry.deviceId = prev.deviceId;
     // A revocation that arrived over the bus while we read wins over what we read.
-    if (this.cache.get(sessionId)?.validUntil !== 0) this.cacheSet(sessionId, entry);
+    if (prev?.validUntil !== 0) this.cacheSet(sessionId, entry);
     if (entry.validUntil > checkedAt && checkedAt - row.last_seen_at >= TOUCH_INTERVAL_MS) await this.store.touchSession(sessionId, checkedAt);
     return this.cache.get(sessionId) ?? entry;
   }

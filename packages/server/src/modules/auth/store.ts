@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import type { Database } from '../../infra/db/index.js';
 import type { DB, Millis, SessionsTable } from '../../infra/db/schema.js';
 
@@ -33,7 +33,7 @@ export interface NewSession {
   expiresAt: Millis;
 }
 
-export type SessionRow = Pick<SessionsTable, 'id' | 'user_id' | 'device' | 'user_agent' | 'ip' | 'created_at' | 'last_seen_at' | 'expires_at' | 'revoked_at'>;
+export type SessionRow = Pick<SessionsTable, 'id' | 'user_id' | 'device' | 'user_agent' | 'ip' | 'created_at' | 'last_seen_at' | 'expires_at' | 'revoked_at' | 'device_id'>;
 
 export interface RefreshLookup {
   session_id: string;
@@ -101,7 +101,7 @@ export class AuthStore {
   async getSession(id: string): Promise<SessionRow | undefined> {
     return this.db
       .selectFrom('sessions')
-      .select(['id', 'user_id', 'device', 'user_agent', 'ip', 'created_at', 'last_seen_at', 'expires_at', 'revoked_at'])
+      .select(['id', 'user_id', 'device', 'user_agent', 'ip', 'created_at', 'last_seen_at', 'expires_at', 'revoked_at', 'device_id'])
       .where('id', '=', id)
       .executeTakeFirst();
   }
@@ -180,7 +180,7 @@ export class AuthStore {
   async listLiveSessions(userId: string, now: Millis, limit: number): Promise<SessionRow[]> {
     return this.db
       .selectFrom('sessions')
-      .select(['id', 'user_id', 'device', 'user_agent', 'ip', 'created_at', 'last_seen_at', 'expires_at', 'revoked_at'])
+      .select(['id', 'user_id', 'device', 'user_agent', 'ip', 'created_at', 'last_seen_at', 'expires_at', 'revoked_at', 'device_id'])
       .where('user_id', '=', userId)
       .where('revoked_at', 'is', null)
       .where('expires_at', '>', now)
@@ -188,6 +188,39 @@ export class AuthStore {
       .orderBy('id', 'desc')
       .limit(limit)
       .execute();
+  }
+
+  /**
+   * Binds a live session to a device unless it is bound to another one. The
+   * conditional UPDATE decides races between two bindings of one session.
+   * Returns the device the session speaks for afterwards, or undefined when
+   * the session is not live.
+   */
+  async bindDevice(sessionId: string, deviceId: string, trx?: Transaction<DB>): Promise<string | null | undefined> {
+    const db = trx ?? this.db;
+    const res = await db
+      .updateTable('sessions')
+      .set({ device_id: deviceId })
+      .where('id', '=', sessionId)
+      .where('revoked_at', 'is', null)
+      .where((eb) => eb.or([eb('device_id', 'is', null), eb('device_id', '=', deviceId)]))
+      .executeTakeFirst();
+    if (Number(res.numUpdatedRows) === 1) return deviceId;
+    const row = await db.selectFrom('sessions').select(['device_id', 'revoked_at']).where('id', '=', sessionId).executeTakeFirst();
+    return row && row.revoked_at === null ? row.device_id : undefined;
+  }
+
+  /** Revokes every live session bound to the device; returns their ids. */
+  async revokeDeviceSessions(userId: string, deviceId: string, now: Millis, reason: string): Promise<string[]> {
+    const rows = await this.db
+      .updateTable('sessions')
+      .set({ revoked_at: now, revoked_reason: reason })
+      .where('user_id', '=', userId)
+      .where('device_id', '=', deviceId)
+      .where('revoked_at', 'is', null)
+      .returning('id')
+      .execute();
+    return rows.map((r) => r.id);
   }
 
   /** Drops sessions (and, by cascade, their refresh tokens) that ended before `before`. */

@@ -10,6 +10,8 @@ import { toMessage } from '../messages/model.js';
 import { ConversationsStore, type ConversationRow, type Keyset, type MemberRow, type Membership, type ViewRow } from './store.js';
 
 type Snapshot = Extract<DurableEvent, { type: 'conversation.updated' }>['conversation'];
+type Encryption = ConversationRow['encryption'];
+type MemberRemovedHook = Parameters<ConversationsService['onMemberRemoved']>[0];
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const NOT_FOUND = 'Conversation not found.';
@@ -50,6 +52,7 @@ export function assertStorableText(s: string, field: string): void {
 export function createConversationsService(ctx: AppContext, deps: { users: UsersService }): ConversationsService {
   const store = new ConversationsStore(ctx.database);
   const { events } = ctx;
+  const removalHooks: MemberRemovedHook[] = [];
 
   /** Every public entry point starts here: non-members learn nothing ([C3]). */
   async function membership(auth: AuthContext, conversationId: string): Promise<Membership> {
@@ -79,14 +82,16 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
     return { conv, me, roles };
   }
 
-  async function createDirect(auth: AuthContext, userId: string): Promise<{ conversation: Conversation; created: boolean }> {
+  async function createDirect(auth: AuthContext, userId: string, encryption: Encryption): Promise<{ conversation: Conversation; created: boolean }> {
     if (userId === auth.userId) throw badRequest('A direct conversation needs another user.');
     if (!(await deps.users.exists(userId))) throw notFound('User not found.');
-    const key = [auth.userId, userId].sort().join(':');
+    // A pair may have one plaintext and one encrypted conversation: the key tells them apart.
+    const pair = [auth.userId, userId].sort().join(':');
+    const key = encryption === 'mls' ? `mls:${pair}` : pair;
     const existing = await store.findDirect(key);
     if (existing) return { conversation: await view(auth.userId, existing), created: false };
     const now = Date.now();
-    const row = { id: uuidv7(), type: 'direct' as const, title: null, encryption: 'none' as const, direct_key: key, created_by: auth.userId, created_at: now, updated_at: now, last_seq: 0 };
+    const row = { id: uuidv7(), type: 'direct' as const, title: null, encryption, direct_key: key, created_by: auth.userId, created_at: now, updated_at: now, last_seq: 0 };
     const members: MemberRow[] = [auth.userId, userId].map((u) => ({ conversation_id: row.id, user_id: u, role: 'member' as const, joined_at: now }));
     try {
       await store.tx(async (trx) => {
@@ -104,7 +109,7 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
     return { conversation: await view(auth.userId, row.id), created: true };
   }
 
-  async function createGroup(auth: AuthContext, title: string, memberIds: string[]): Promise<{ conversation: Conversation; created: boolean }> {
+  async function createGroup(auth: AuthContext, title: string, memberIds: string[], encryption: Encryption): Promise<{ conversation: Conversation; created: boolean }> {
     assertStorableText(title, 'title');
     const others = [...new Set(memberIds)].filter((id) => id !== auth.userId);
     if (others.length + 1 > LIMITS.groupCreateMaxMembers) throw badRequest(`A group starts with at most ${LIMITS.groupCreateMaxMembers} members.`);
@@ -112,7 +117,7 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
     const unknown = others.filter((id) => !found.has(id));
     if (unknown.length > 0) throw notFound('Unknown member ids.');
     const now = Date.now();
-    const row = { id: uuidv7(), type: 'group' as const, title, encryption: 'none' as const, direct_key: null, created_by: auth.userId, created_at: now, updated_at: now, last_seq: 0 };
+    const row = { id: uuidv7(), type: 'group' as const, title, encryption, direct_key: null, created_by: auth.userId, created_at: now, updated_at: now, last_seq: 0 };
     const members: MemberRow[] = [
       { conversation_id: row.id, user_id: auth.userId, role: 'owner', joined_at: now },
       ...others.map((u) => ({ conversation_id: row.id, user_id: u, role: 'member' as const, joined_at: now })),
@@ -146,6 +151,17 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
       return new Set((await store.roles(trx, conversationId, [...userIds])).keys());
     },
 
+    async rolesAmong(trx, conversationId, userIds) {
+      const roles = await store.roles(trx, conversationId, [...userIds]);
+      return new Map([...roles].map(([id, m]) => [id, m.role]));
+    },
+
+    encryptionOf: (conversationId) => store.encryption(conversationId),
+
+    onMemberRemoved(hook) {
+      removalHooks.push(hook);
+    },
+
     memberIds: (conversationId) => store.memberIds(conversationId),
     peersOf: (userId) => store.peersOf(userId),
 
@@ -156,7 +172,8 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
 
     async create(auth, body: CreateConversationBody) {
       // No conversation to be a member of yet: each kind checks the users it is started with.
-      return body.type === 'direct' ? createDirect(auth, body.userId) : createGroup(auth, body.title, body.memberIds);
+      const encryption = body.encryption ?? 'none';
+      return body.type === 'direct' ? createDirect(auth, body.userId, encryption) : createGroup(auth, body.title, body.memberIds, encryption);
     },
 
     async list(auth, query: PageQuery): Promise<ConversationPage> {
@@ -250,6 +267,8 @@ export function createConversationsService(ctx: AppContext, deps: { users: Users
         }
         await store.deleteMember(trx, conversationId, userId);
         await store.touch(trx, conversationId, Date.now());
+        // Under the same lock: an MLS group still holding the user's devices must remove them before the next send ([DS6]).
+        for (const hook of removalHooks) await hook(trx, conversationId, userId);
         // user_id too: the removed user is no longer a member but must learn of it.
         await events.append(trx, [{ conversationId, userId, event: { type: 'member.removed', conversationId, userId, by: auth.userId } }]);
       });

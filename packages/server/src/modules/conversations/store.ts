@@ -86,6 +86,8 @@ export class ConversationsStore {
           .whereRef('u.seq', '>', 'me.read_seq')
           .where('u.sender_id', '<>', userId)
           .where('u.deleted_at', 'is', null)
+          // An MLS commit is group bookkeeping, not something a person reads.
+          .where('u.content_type', '<>', 'mls-commit')
           .as('unread'),
       )
       .where('me.user_id', '=', userId);
@@ -134,6 +136,11 @@ export class ConversationsStore {
       .execute();
     for (const r of rows) out.get(r.conversation_id)?.push({ ...r, joined_at: Number(r.joined_at) });
     return out;
+  }
+
+  async encryption(conversationId: string): Promise<ConversationRow['encryption'] | undefined> {
+    const row = await this.database.db.selectFrom('conversations').select('encryption').where('id', '=', conversationId).executeTakeFirst();
+    return row?.encryption;
   }
 
   async findDirect(directKey: string): Promise<string | undefined> {

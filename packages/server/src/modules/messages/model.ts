@@ -1,9 +1,19 @@
-import type { Message } from '@secureconnect/protocol';
+import type { Message, MlsCommitContent } from '@secureconnect/protocol';
 import type { MessagesTable } from '../../infra/db/schema.js';
 
 export type MessageRow = MessagesTable;
 
 const iso = (ms: number) => new Date(Number(ms)).toISOString();
+
+/** An MLS commit is stored as `<epoch>:<base64 commit>` ([DS3]). */
+export function commitBody(epoch: number, commit: string): string {
+  return `${epoch}:${commit}`;
+}
+
+function commitContent(body: string): MlsCommitContent {
+  const colon = body.indexOf(':');
+  return { type: 'mls-commit', epoch: Number(body.slice(0, colon)), commit: body.slice(colon + 1) };
+}
 
 /**
  * Row to wire shape. The body is passed through untouched: for encrypted
@@ -15,7 +25,9 @@ export function toMessage(r: MessageRow): Message {
       ? { type: 'deleted' }
       : r.content_type === 'encrypted'
         ? { type: 'encrypted', ciphertext: r.body }
-        : { type: 'text', text: r.body };
+        : r.content_type === 'mls-commit'
+          ? commitContent(r.body)
+          : { type: 'text', text: r.body };
   return {
     id: r.id,
     conversationId: r.conversation_id,

@@ -1,16 +1,19 @@
 import { LIMITS, type Content, type EphemeralEvent, type Message } from '@secureconnect/protocol';
 import type { Transaction } from 'kysely';
 import { RateLimiterRes } from 'rate-limiter-flexible';
+import { uuidv7 } from 'uuidv7';
 import type { AppContext } from '../../context.js';
 import type { DB } from '../../infra/db/schema.js';
 import { AppError, badRequest, forbidden, notFound } from '../../infra/errors.js';
-import { EPHEMERAL_CHANNEL, type AuthContext, type ConversationsService, type EphemeralMessage, type MessagesService } from '../../services.js';
+import { EPHEMERAL_CHANNEL, type AuthContext, type ContentCheck, type ConversationsService, type EphemeralMessage, type MessagesService } from '../../services.js';
 import { SendBatcher } from './batcher.js';
-import { toMessage, type MessageRow } from './model.js';
+import { commitBody, toMessage, type MessageRow } from './model.js';
 import { MessagesStore } from './store.js';
 
 /** A typing signal per user and conversation at most this often; the rest are dropped ([M7]). */
 const TYPING_INTERVAL_SEC = 2;
+/** A commit's idempotency key is `mls:<epoch>` ([DS3]); sends may not take one. */
+const COMMIT_ID_PREFIX = 'mls:';
 
 export interface MessagesServiceImpl extends MessagesService {
   readonly batcher: SendBatcher;
@@ -34,6 +37,7 @@ export function createMessagesService(ctx: AppContext, deps: { conversations: Co
   const batcher = new SendBatcher(store, ctx.events, ctx.log, (trx, conversationId, userIds) => deps.conversations.membersAmong(trx, conversationId, userIds));
   const typingLimiter = ctx.limiters.create({ name: 'typing', points: 1, durationSec: TYPING_INTERVAL_SEC });
   const { events } = ctx;
+  let contentCheck: ContentCheck | undefined;
 
   /** Loads a message of this conversation that the caller sent and may still change ([M4]). */
   async function ownMessage(auth: AuthContext, conversationId: string, messageId: string, trx: Transaction<DB>): Promise<MessageRow> {
@@ -41,7 +45,27 @@ export function createMessagesService(ctx: AppContext, deps: { conversations: Co
     if (!row) throw notFound('Message not found.');
     if (row.sender_id !== auth.userId) throw forbidden('Only the sender may change a message.');
     if (row.deleted_at !== null) throw new AppError('conflict', 'The message was deleted.');
+    // Members replay commits in seq order to reach the group's state: the log of commits is immutable ([DS3]).
+    if (row.content_type === 'mls-commit') throw forbidden('An MLS commit cannot be edited or deleted.');
     return row;
+  }
+
+  /**
+   * The conversation's content rule ([DS7]). A retry of a send that was
+   * already stored answers with the original ([M1]) even when the content
+   * would no longer pass (its epoch has aged out meanwhile); the lookup costs
+   * nothing on the accepted path.
+   */
+  async function checkSendable(auth: AuthContext, conversationId: string, clientMsgId: string, content: Content) {
+    if (!contentCheck) return undefined;
+    try {
+      await contentCheck(auth, conversationId, content);
+      return undefined;
+    } catch (err) {
+      const [stored] = await store.findByClientKeys([{ conversationId, senderId: auth.userId, clientMsgId }]);
+      if (stored) return { message: toMessage(stored), created: false };
+      throw err;
+    }
   }
 
   return {
@@ -50,12 +74,16 @@ export function createMessagesService(ctx: AppContext, deps: { conversations: Co
     async send(auth, conversationId, body) {
       await deps.conversations.requireMember(auth, conversationId);
       checkContent(body.content);
+      if (body.clientMsgId.startsWith(COMMIT_ID_PREFIX)) throw badRequest(`clientMsgIds starting with ${COMMIT_ID_PREFIX} are reserved for MLS commits.`);
+      const retry = await checkSendable(auth, conversationId, body.clientMsgId, body.content);
+      if (retry) return retry;
       return batcher.submit({ conversationId, senderId: auth.userId, clientMsgId: body.clientMsgId, content: body.content });
     },
 
     async edit(auth, conversationId, messageId, content): Promise<Message> {
       await deps.conversations.requireMember(auth, conversationId);
       checkContent(content);
+      await contentCheck?.(auth, conversationId, content);
       const message = await store.tx(async (trx) => {
         const row = await ownMessage(auth, conversationId, messageId, trx);
         if (row.content_type !== content.type) throw badRequest(`A ${row.content_type} message can only be edited with ${row.content_type} content.`);
@@ -111,5 +139,38 @@ export function createMessagesService(ctx: AppContext, deps: { conversations: Co
     },
 
     stop: () => batcher.stop(),
+
+    setContentCheck(check) {
+      contentCheck = check;
+    },
+
+    async appendCommit(trx, item, underLock): Promise<Message> {
+      // Internal: the delivery service checked access. The seq is allocated first: its UPDATE takes the row lock.
+      const now = Date.now();
+      const seq = await store.allocate(trx, item.conversationId, 1, now);
+      if (seq === undefined) throw notFound('Conversation not found.');
+      const more = await underLock();
+      const row: MessageRow = {
+        id: uuidv7(),
+        conversation_id: item.conversationId,
+        seq,
+        sender_id: item.senderId,
+        client_msg_id: `${COMMIT_ID_PREFIX}${item.epoch}`,
+        content_type: 'mls-commit',
+        body: commitBody(item.epoch, item.commit),
+        created_at: now,
+        edited_at: null,
+        deleted_at: null,
+      };
+      await store.insert(trx, [row]);
+      const message = toMessage(row);
+      await events.append(trx, [{ conversationId: item.conversationId, userId: null, event: { type: 'message.created', message } }, ...more]);
+      return message;
+    },
+
+    async findCommit(conversationId, senderId, epoch) {
+      const [row] = await store.findByClientKeys([{ conversationId, senderId, clientMsgId: `${COMMIT_ID_PREFIX}${epoch}` }]);
+      return row && row.content_type === 'mls-commit' ? toMessage(row) : undefined;
+    },
   };
 }

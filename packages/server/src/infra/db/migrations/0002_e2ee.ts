@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { Dialect } from '../index.js';
 
 /** Key directory (devices, key packages) and the MLS delivery service's state. */
@@ -34,6 +34,8 @@ export async function up(db: Kysely<unknown>, dialect: Dialect): Promise<void> {
     .addColumn('expires_at', big, (c) => c.notNull())
     .execute();
   await db.schema.createIndex('key_packages_claim_idx').on('key_packages').columns(['device_id', 'cipher_suite', 'last_resort', 'created_at']).execute();
+  // At most one last-resort package per device and suite, also when two uploads race ([K2]).
+  await db.schema.createIndex('key_packages_last_resort_idx').on('key_packages').columns(['device_id', 'cipher_suite']).unique().where(sql.ref('last_resort'), '=', 1).execute();
 
   await db.schema
     .createTable('mls_groups')

@@ -1,0 +1,2 @@
+export { createMlsService, type MlsDeps } from './service.js';
+export { mlsRoutes } from './routes.js';
