@@ -1,6 +1,8 @@
 import type {
-  AuthResult, Content, Conversation, ConversationPage, Me, Member, Message, MessagePage, Presence, PublicUser,
-  Role, Session, TokenPair, UpdateMeBody, UserSearchResult,
+  AuthResult, BindDeviceBody, ClaimKeyPackagesBody, ClaimKeyPackagesResult, Content, Conversation, ConversationPage,
+  CreateConversationBody, Device, DeviceList, KeyPackageStatus, Me, Member, Message, MessagePage, MlsCommitBody,
+  MlsGroupStatus, MlsInitBody, Presence, PublicUser, RegisterDeviceBody, Role, Session, TokenPair, UpdateMeBody,
+  UploadKeyPackagesBody, UserSearchResult,
 } from '@secureconnect/protocol';
 import { ServerError, errorFromResponse } from './errors.js';
 
@@ -31,6 +33,18 @@ export type HistoryOptions = {
   limit?: number;
 };
 
+/** Options of a conversation being created. */
+export interface CreateOptions {
+  /** `mls` makes it end-to-end encrypted; the creator then initialises the MLS group ({@link SecureConnectClient.mlsInit}). */
+  encryption?: 'none' | 'mls';
+}
+
+/** Answer of {@link SecureConnectClient.mlsCommit}: the commit as sequenced in the log, and the epoch it created. */
+export interface MlsCommitResult {
+  message: Message;
+  epoch: number;
+}
+
 /** Random client message id for idempotent sends (retries reuse it). */
 export function newClientMsgId(): string {
   return globalThis.crypto.randomUUID();
@@ -46,7 +60,8 @@ export class SecureConnectClient {
   private tokens: Tokens | null;
   private refreshing: Promise<void> | null = null;
   private readonly fetchImpl: typeof fetch;
-  private readonly baseUrl: string;
+  /** Server origin without a trailing slash, as given in {@link ClientOptions.baseUrl}. */
+  readonly baseUrl: string;
   private readonly timeoutMs: number;
 
   constructor(private readonly options: ClientOptions) {
@@ -59,6 +74,29 @@ export class SecureConnectClient {
   /** The current access token (for the WebSocket `auth` frame), or null when signed out. */
   get accessToken(): string | null {
     return this.tokens?.accessToken ?? null;
+  }
+
+  /** Id of the signed-in session (the access token's `sid` claim), e.g. for `bindChallenge` of @secureconnect/protocol; null when signed out. */
+  get sessionId(): string | null {
+    const sid = this.tokens ? jwtClaims(this.tokens.accessToken)?.sid : undefined;
+    return typeof sid === 'string' ? sid : null;
+  }
+
+  /**
+   * An access token that stays valid for at least `minValiditySec` more
+   * seconds by its `exp` claim, refreshing first when it would not (e.g. before
+   * opening a WebSocket). A token whose expiry cannot be read is returned as
+   * is: the server is the judge. Throws AuthenticationError when signed out or
+   * when the refresh token is refused.
+   */
+  async validAccessToken(minValiditySec = 30): Promise<string> {
+    const current = this.tokens;
+    if (!current) throw errorFromResponse(401, { error: { code: 'unauthorized' } }, null);
+    const exp = jwtClaims(current.accessToken)?.exp;
+    if (typeof exp === 'number' && exp - Date.now() / 1000 < minValiditySec) await this.refresh();
+    const token = this.tokens?.accessToken;
+    if (!token) throw errorFromResponse(401, { error: { code: 'unauthorized' } }, null);
+    return token;
   }
 
   // ---- auth ----
@@ -145,14 +183,23 @@ export class SecureConnectClient {
 
   // ---- conversations ----
 
-  /** Opens (or returns the existing) direct conversation with a user. */
-  direct(userId: string): Promise<Conversation> {
-    return this.request<Conversation>('POST', '/v1/conversations', { type: 'direct', userId });
+  /**
+   * Opens (or returns the existing) direct conversation with a user. A pair
+   * may have one plaintext and one encrypted (`{ encryption: 'mls' }`) direct
+   * conversation.
+   */
+  direct(userId: string, opts: CreateOptions = {}): Promise<Conversation> {
+    return this.createConversation({ type: 'direct', userId, ...encryption(opts) });
   }
 
   /** Creates a group; you are its owner. */
-  createGroup(title: string, memberIds: string[]): Promise<Conversation> {
-    return this.request<Conversation>('POST', '/v1/conversations', { type: 'group', title, memberIds });
+  createGroup(title: string, memberIds: string[], opts: CreateOptions = {}): Promise<Conversation> {
+    return this.createConversation({ type: 'group', title, memberIds, ...encryption(opts) });
+  }
+
+  /** Creates a direct conversation or a group from a full request body. */
+  createConversation(body: CreateConversationBody): Promise<Conversation> {
+    return this.request<Conversation>('POST', '/v1/conversations', body);
   }
 
   /** Your conversations by last activity, with last message and unread count. */
@@ -216,6 +263,69 @@ export class SecureConnectClient {
     await this.request<void>('POST', `/v1/conversations/${enc(conversationId)}/read`, { seq });
   }
 
+  // ---- devices and key packages (E2EE key directory) ----
+
+  /** Registers a device for this account and binds the current session to it. */
+  registerDevice(body: RegisterDeviceBody): Promise<Device> {
+    return this.request<Device>('POST', '/v1/devices', body);
+  }
+
+  /**
+   * Binds the current session to an existing device of this account.
+   * `signature` (base64) is the device key's signature over
+   * `bindChallenge(sessionId)` ({@link sessionId}).
+   */
+  bindDevice(deviceId: string, signature: string): Promise<Device> {
+    const body: BindDeviceBody = { signature };
+    return this.request<Device>('POST', `/v1/devices/${enc(deviceId)}/bind`, body);
+  }
+
+  /** A user's active devices with their signature public keys. */
+  async devices(userId: string): Promise<Device[]> {
+    return (await this.request<DeviceList>('GET', `/v1/users/${enc(userId)}/devices`)).items;
+  }
+
+  /** Revokes one of your devices: its sessions end, its key packages are deleted, its groups are told. */
+  async revokeDevice(deviceId: string): Promise<void> {
+    await this.request<void>('DELETE', `/v1/devices/${enc(deviceId)}`);
+  }
+
+  /** Publishes key packages of the current session's device (verified by the server). */
+  uploadKeyPackages(body: UploadKeyPackagesBody): Promise<KeyPackageStatus> {
+    return this.request<KeyPackageStatus>('POST', '/v1/key-packages', body);
+  }
+
+  /** The current device's stock of unclaimed key packages per cipher suite. */
+  keyPackageStatus(): Promise<KeyPackageStatus> {
+    return this.request<KeyPackageStatus>('GET', '/v1/key-packages');
+  }
+
+  /** Claims one key package per active device of each user (each package is handed out once). */
+  claimKeyPackages(body: ClaimKeyPackagesBody): Promise<ClaimKeyPackagesResult> {
+    return this.request<ClaimKeyPackagesResult>('POST', '/v1/key-packages/claim', body);
+  }
+
+  // ---- MLS delivery service ----
+
+  /** Records a new MLS group at epoch 0 for an encrypted conversation. */
+  mlsInit(conversationId: string, body: MlsInitBody): Promise<MlsGroupStatus> {
+    return this.request<MlsGroupStatus>('POST', `/v1/conversations/${enc(conversationId)}/mls/init`, body);
+  }
+
+  /** The server's view of a conversation's MLS group: epoch, latest GroupInfo, leaves. */
+  mlsStatus(conversationId: string): Promise<MlsGroupStatus> {
+    return this.request<MlsGroupStatus>('GET', `/v1/conversations/${enc(conversationId)}/mls`);
+  }
+
+  /**
+   * Submits a commit for the group's current epoch. Another commit that won
+   * the epoch first gives ConflictError `epoch_conflict` with
+   * `details.currentEpoch`: process the winning commit, then retry.
+   */
+  mlsCommit(conversationId: string, body: MlsCommitBody): Promise<MlsCommitResult> {
+    return this.request<MlsCommitResult>('POST', `/v1/conversations/${enc(conversationId)}/mls/commit`, body);
+  }
+
   // ---- plumbing ----
 
   private adopt(result: AuthResult): AuthResult {
@@ -259,6 +369,24 @@ export class SecureConnectClient {
       return this.request<T>(method, path, body, authenticated, true);
     }
     throw error;
+  }
+}
+
+function encryption(opts: CreateOptions): { encryption?: 'none' | 'mls' } {
+  return opts.encryption ? { encryption: opts.encryption } : {};
+}
+
+/** The payload of a JWT, unverified (only to read `exp` and `sid`; the server verifies). */
+function jwtClaims(token: string): Record<string, unknown> | undefined {
+  const part = token.split('.')[1];
+  if (!part) return undefined;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const json: unknown = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
+    return typeof json === 'object' && json !== null ? (json as Record<string, unknown>) : undefined;
+  } catch {
+    // Not a JWT we can read: callers fall back to letting the server decide.
+    return undefined;
   }
 }
 
