@@ -13,6 +13,7 @@ export {
   type SessionStateChange, type TerminalReason, type WebSocketConstructor, type WebSocketLike,
 } from './session.js';
 export { KEY_MAX_BYTES, KeyStoreError, MemoryKeyStore, checkKey, keyStoreCursor, type KeyStore } from './keystore.js';
+export * from './e2ee/index.js';
 export {
   SecureConnectError, ValidationError, AuthenticationError, ForbiddenError, NotFoundError, ConflictError,
   RateLimitedError, ServerError, errorFromResponse,
