@@ -14,6 +14,7 @@ export {
 } from './session.js';
 export { KEY_MAX_BYTES, KeyStoreError, MemoryKeyStore, checkKey, keyStoreCursor, type KeyStore } from './keystore.js';
 export * from './e2ee/index.js';
+export * from './crypto/index.js';
 export {
   SecureConnectError, ValidationError, AuthenticationError, ForbiddenError, NotFoundError, ConflictError,
   RateLimitedError, ServerError, errorFromResponse,
