@@ -178,7 +178,15 @@ describe('EncryptedMessenger through a real server', () => {
     const c1 = devices.find((d) => d.account === carol)!;
     await a1.messenger.addMember(conv, carol.id);
     await waitFor(() => c1.log.joined.filter((j) => j.conversationId === conv).length === 2, 'Carol to join again');
-    const epoch = await a1.messenger.epoch(conv);
+    // Carol follows her join with a path update ([EC9]); take the epoch once the server's has settled.
+    let seen = -1;
+    const epoch = await waitFor(async () => {
+      const now = (await a1.client.mlsStatus(conv)).epoch;
+      if (now === seen) return now;
+      seen = now;
+      await new Promise((r) => setTimeout(r, 400));
+      return undefined;
+    }, 'the group epoch to settle');
     await waitFor(async () => (await b1.messenger.epoch(conv)) === epoch, 'Bob to apply the add');
     // Carol leaves by herself: nobody has committed her removal yet, so the server holds sends back.
     await c1.messenger.removeMember(conv, carol.id);

@@ -579,6 +579,11 @@ export function createMlsCrypto(options: MlsCryptoOptions = {}): MlsCrypto {
     groupId: (state) => unwrap(state).inner.groupContext.groupId.slice(),
     suite: (state) => suiteIdOf(unwrap(state).inner.groupContext.cipherSuite),
     ownLeaf: (state) => unwrap(state).inner.privatePath.leafIndex,
+
+    isUnmerged(state) {
+      const { ratchetTree, privatePath } = unwrap(state).inner;
+      return ratchetTree.some((n) => n?.nodeType === 'parent' && n.parent.unmergedLeaves.includes(privatePath.leafIndex));
+    },
     epochAuthenticator: (state) => unwrap(state).inner.keySchedule.epochAuthenticator.slice(),
 
     async exportSecret(state, label, context, length) {

@@ -217,6 +217,12 @@ export interface MlsCrypto {
   groupId(state: MlsGroupState): Uint8Array;
   suite(state: MlsGroupState): CipherSuiteId;
   ownLeaf(state: MlsGroupState): number;
+  /**
+   * Whether some parent node still lists this device's leaf in its unmerged_leaves: it was added by a commit
+   * without an UpdatePath and has not committed one since. Joiners on ts-mls 1.6.4 refuse some valid trees
+   * with unmerged leaves, so such a device commits a path update ([EC9]).
+   */
+  isUnmerged(state: MlsGroupState): boolean;
   /** RFC 9420 epoch_authenticator: equal on all members at the same epoch, a cheap out-of-band consistency check. */
   epochAuthenticator(state: MlsGroupState): Uint8Array;
   /** MLS-Exporter(label, context, length) of the current epoch. */

@@ -7,6 +7,7 @@
  * - `not_joined`: this device holds no MLS state for the conversation (yet);
  * - `not_encrypted`: the conversation is not an MLS conversation;
  * - `commit_failed`: the group kept moving: a commit lost every retry;
+ * - `join_failed`: this device could not join a conversation it was added to (Welcome and rejoins failed); it keeps trying;
  * - `invalid_argument`: the call itself is wrong (e.g. text too long).
  */
 export type E2eeErrorCode =
@@ -16,6 +17,7 @@ export type E2eeErrorCode =
   | 'not_joined'
   | 'not_encrypted'
   | 'commit_failed'
+  | 'join_failed'
   | 'invalid_argument';
 
 /** An operation of {@link EncryptedMessenger} failed; `code` says why. */

@@ -1,6 +1,6 @@
 /**
  * End-to-end encrypted messaging over MLS: {@link EncryptedMessenger} keeps
- * one device's groups in step with the server (docs/SPEC.md [EC1]–[EC8]).
+ * one device's groups in step with the server (docs/SPEC.md [EC1]–[EC9]).
  * Browser-safe.
  */
 export {

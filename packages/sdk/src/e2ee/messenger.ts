@@ -1,5 +1,5 @@
 /**
- * The client side of end-to-end encryption (docs/SPEC.md [EC1]–[EC8]): one
+ * The client side of end-to-end encryption (docs/SPEC.md [EC1]–[EC9]): one
  * device's MLS groups kept in step with the server's conversation logs.
  * Browser-safe: it talks to the server only through SecureConnectClient and a
  * Session, does MLS only through MlsCrypto, and keeps secrets only in a
@@ -48,6 +48,12 @@ export interface EncryptedMessengerOptions {
   keyPackageBatch?: number;
   /** Attempts of a commit that keeps losing its epoch to others ([EC6]); default 5. */
   maxCommitAttempts?: number;
+  /**
+   * [EC9] Rejoining a conversation whose Welcome failed: `attempts` external joins (default 5), the first at
+   * once, the next after min(maxMs, initialMs·2^n) halved plus up to the same again at random (defaults 1 s
+   * and 30 s). After that, one more at each commit of the conversation and each session resync.
+   */
+  rejoinBackoff?: { initialMs?: number; maxMs?: number; attempts?: number };
 }
 
 /** This device, as setupDevice left it. */
@@ -139,10 +145,22 @@ interface Entry extends GroupMeta {
   gone: boolean;
 }
 
+/** [EC9] A conversation whose Welcome this device could not join: it may hold a leaf there, but no state. */
+interface Stranded {
+  /** Failed rejoins since the Welcome failed. */
+  failures: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  busy: boolean;
+  /** A rejoin was asked for while one ran (e.g. a commit that may have repaired the tree arrived): run another. */
+  again: boolean;
+}
+
 const DEVICE_KEY = 'e2ee/device';
 const PENDING_DEVICE_KEY = 'e2ee/device-pending';
 const KP_PREFIX = 'e2ee/kp/';
 const GROUP_PREFIX = 'e2ee/group/';
+/** Marks a stranded conversation ([EC9]) so that a restarted client goes on rejoining it. */
+const STRANDED_PREFIX = 'e2ee/stranded/';
 const HISTORY_PAGE = LIMITS.pageMax;
 /** Commits seen for conversations this device is not (yet) in: enough to place a Welcome's commit in the log. */
 const NOTED_EPOCHS_PER_CONVERSATION = 16;
@@ -171,6 +189,8 @@ function toError(err: unknown): Error {
  * - [EC6] A commit that loses its epoch catches up with the winner and is rebuilt.
  * - [EC7] {@link addMyNewDevice}: a new device joins the user's groups by external commit.
  * - [EC8] {@link safetyNumber} and `devicesChanged` events.
+ * - [EC9] Around a ts-mls 1.6.4 defect: a device added by Welcome commits a path update when its leaf is
+ *   unmerged, and a device whose Welcome fails rejoins by external commit (with backoff, then at each commit).
  *
  * @example
  * const messenger = new EncryptedMessenger({ client, session, keyStore });
@@ -188,6 +208,9 @@ export class EncryptedMessenger {
   private readonly suite: CipherSuiteId;
   private readonly batch: number;
   private readonly maxCommitAttempts: number;
+  private readonly rejoinInitialMs: number;
+  private readonly rejoinMaxMs: number;
+  private readonly rejoinAttempts: number;
 
   private device: StoredDevice | null = null;
   private readonly entries = new Map<string, Entry>();
@@ -205,6 +228,10 @@ export class EncryptedMessenger {
   private draining: Promise<void> | null = null;
   private replenishing: Promise<void> | null = null;
   private readonly unsubscribe: (() => void)[] = [];
+  private readonly stranded = new Map<string, Stranded>();
+  /** Conversations where a path update of an unmerged leaf is under way ([EC9]). */
+  private readonly merging = new Set<string>();
+  private closed = false;
 
   constructor(options: EncryptedMessengerOptions) {
     this.client = options.client;
@@ -215,6 +242,9 @@ export class EncryptedMessenger {
     if (!this.crypto.suites.includes(this.suite)) throw new E2eeError('invalid_argument', `cipher suite ${this.suite} is not supported`);
     this.batch = options.keyPackageBatch ?? 30;
     this.maxCommitAttempts = options.maxCommitAttempts ?? 5;
+    this.rejoinInitialMs = options.rejoinBackoff?.initialMs ?? 1_000;
+    this.rejoinMaxMs = options.rejoinBackoff?.maxMs ?? 30_000;
+    this.rejoinAttempts = Math.max(1, options.rejoinBackoff?.attempts ?? 5);
     // Registered at once so that no event of a session started before setupDevice is missed.
     const s = this.session;
     this.unsubscribe.push(
@@ -243,9 +273,11 @@ export class EncryptedMessenger {
     };
   }
 
-  /** Stops handling session events (the session itself stays open). */
+  /** Stops handling session events and retrying joins (the session itself stays open). */
   close(): void {
+    this.closed = true;
     for (const off of this.unsubscribe.splice(0)) off();
+    for (const s of this.stranded.values()) clearTimeout(s.timer);
   }
 
   // ---- [EC1] device ----
@@ -271,6 +303,13 @@ export class EncryptedMessenger {
     }
     this.device = device;
     await this.ensureKeyPackages();
+    // Welcomes that failed before a restart: their rejoins go on in the background.
+    for (const key of await this.store.list(STRANDED_PREFIX)) {
+      const conversationId = key.slice(STRANDED_PREFIX.length);
+      if (this.stranded.has(conversationId)) continue;
+      this.stranded.set(conversationId, { failures: 0, timer: undefined, busy: false, again: false });
+      this.rejoinLater(conversationId);
+    }
     return { userId: device.userId, deviceId: device.deviceId, cipherSuite: device.suite, created };
   }
 
@@ -664,6 +703,8 @@ export class EncryptedMessenger {
     if (!device) return;
     for (const key of await this.store.list(GROUP_PREFIX)) await this.catchUp(key.slice(GROUP_PREFIX.length));
     if (joinMissing) await this.addMyNewDevice();
+    // Events may have been lost, commits that repaired a tree among them.
+    for (const conversationId of [...this.stranded.keys()]) await this.rejoin(conversationId);
   }
 
   /** Processes the conversation's log entries after the last handled one. */
@@ -693,18 +734,23 @@ export class EncryptedMessenger {
     if (type !== 'encrypted' && type !== 'mls-commit') return;
     if (!(await this.loadDevice())) return;
     const conversationId = message.conversationId;
-    await this.withLock(conversationId, async () => {
+    const next = await this.withLock(conversationId, async (): Promise<'rejoin' | 'merge' | null> => {
       const entry = await this.loadEntry(conversationId);
       if (!entry) {
-        if (message.content.type === 'mls-commit') this.noteCommit(conversationId, message.content.epoch, message.seq);
-        return;
+        if (message.content.type !== 'mls-commit') return null;
+        this.noteCommit(conversationId, message.content.epoch, message.seq);
+        // [EC9] The commit may have made the tree joinable again.
+        return this.stranded.has(conversationId) ? 'rejoin' : null;
       }
-      if (message.seq <= entry.processedSeq) return;
+      if (message.seq <= entry.processedSeq) return null;
       // Entries in between were missed (no cursor, lost events): the log has them.
       if (message.seq > entry.processedSeq + 1) await this.catchUpLocked(entry);
       if (!entry.gone && message.seq > entry.processedSeq) await this.processLocked(entry, message);
       await this.saveEntry(entry);
+      return type === 'mls-commit' ? 'merge' : null;
     });
+    if (next === 'rejoin') await this.rejoin(conversationId);
+    else if (next === 'merge') await this.mergeOwnLeaf(conversationId);
     await this.drain();
   }
 
@@ -812,9 +858,12 @@ export class EncryptedMessenger {
     const device = await this.loadDevice();
     if (!device) return;
     const conversationId = e.conversationId;
-    await this.withLock(conversationId, async () => {
-      if (await this.loadEntry(conversationId)) return;
-      const fail = (error: unknown) => this.queueEmit('error', { context: `joining conversation ${conversationId} from a Welcome`, error: toError(error) });
+    const outcome = await this.withLock(conversationId, async (): Promise<'joined' | 'failed' | null> => {
+      if (await this.loadEntry(conversationId)) return null;
+      const fail = (error: unknown) => {
+        this.queueEmit('error', { context: `joining conversation ${conversationId} from a Welcome`, error: toError(error) });
+        return 'failed' as const;
+      };
       let state: MlsGroupState;
       try {
         const welcome = fromB64(e.welcome);
@@ -845,7 +894,16 @@ export class EncryptedMessenger {
       // Without the adding commit's place in the log, read the log to find it (and everything after it).
       if (commitSeq === undefined) await this.catchUpLocked(entry);
       await this.saveEntry(entry);
+      return 'joined';
     });
+    if (outcome === 'failed') {
+      // [EC9] Our leaf (if the add stands) would stay without a state: rejoin from the server's GroupInfo.
+      await this.strand(conversationId);
+    } else if (outcome === 'joined') {
+      if (this.stranded.has(conversationId)) await this.unstrand(conversationId);
+      await this.drain();
+      await this.mergeOwnLeaf(conversationId);
+    }
     await this.drain();
   }
 
@@ -863,7 +921,117 @@ export class EncryptedMessenger {
     this.noted.delete(conversationId);
     const had = entry !== undefined || (await this.store.get(groupKey(conversationId))) !== undefined;
     await this.store.delete(groupKey(conversationId));
+    if (this.stranded.has(conversationId)) await this.unstrand(conversationId);
     if (had) this.queueEmit('removed', { conversationId });
+  }
+
+  // ---- [EC9] around ts-mls 1.6.4's tree validation ----
+  // Joining (by Welcome or external commit) runs ts-mls validateRatchetTree, which wants every non-blank node
+  // on an unmerged leaf's path to list exactly the same unmerged leaves; RFC 9420 §12.4.3.1 asks that only up
+  // to the node listing it. A path update above a lower node still listing a leaf, or two adds under a shared
+  // node, make trees every member processes but no new device can join.
+
+  /**
+   * Commits a path update while this device's leaf is unmerged somewhere (it was added by a commit without
+   * an UpdatePath), so that no later tree lists it at one node and not at another. A lost epoch is handled
+   * as in [EC6]; the winner's path may have made ours needless, which the rebuild sees.
+   */
+  private async mergeOwnLeaf(conversationId: string): Promise<void> {
+    const entry = this.entries.get(conversationId);
+    if (!entry || entry.gone || this.merging.has(conversationId) || !this.crypto.isUnmerged(entry.state)) return;
+    this.merging.add(conversationId);
+    try {
+      await this.commitLoop(conversationId, async (state) => (this.crypto.isUnmerged(state) ? { removeLeaves: await this.staleLeaves(conversationId, state) } : null));
+    } catch (err) {
+      // Removed or left meanwhile: nothing to update. Otherwise the next commit of the conversation tries again.
+      if (!(err instanceof NotFoundError || (err instanceof E2eeError && err.code === 'not_joined'))) {
+        this.queueEmit('error', { context: `committing a path update after joining conversation ${conversationId}`, error: toError(err) });
+      }
+    } finally {
+      this.merging.delete(conversationId);
+    }
+  }
+
+  /** Marks a conversation whose Welcome failed (persistently) and makes the first rejoin attempt. */
+  private async strand(conversationId: string): Promise<void> {
+    if (!this.stranded.has(conversationId)) {
+      await this.store.put(STRANDED_PREFIX + conversationId, packRecord({ kind: 'stranded' }));
+      this.stranded.set(conversationId, { failures: 0, timer: undefined, busy: false, again: false });
+    }
+    await this.rejoin(conversationId);
+  }
+
+  private async unstrand(conversationId: string): Promise<void> {
+    clearTimeout(this.stranded.get(conversationId)?.timer);
+    this.stranded.delete(conversationId);
+    await this.store.delete(STRANDED_PREFIX + conversationId);
+  }
+
+  /**
+   * One external join in resync mode (it replaces this device's leaf) of a stranded conversation. A failure
+   * schedules the next attempt with backoff; once the timed attempts are spent, each failure is reported as
+   * `join_failed` and the next attempt waits for a commit of the conversation or a session resync.
+   */
+  private async rejoin(conversationId: string): Promise<void> {
+    const s = this.stranded.get(conversationId);
+    if (!s || this.closed) return;
+    if (s.busy) {
+      s.again = true;
+      return;
+    }
+    s.busy = true;
+    clearTimeout(s.timer);
+    s.timer = undefined;
+    let failure: unknown;
+    try {
+      do {
+        s.again = false;
+        failure = undefined;
+        try {
+          await this.withLock(conversationId, async () => {
+            // A later Welcome may have joined us meanwhile; an uninitialised group (false) has nothing to join.
+            if (!(await this.loadEntry(conversationId))) await this.joinExternalLocked(conversationId, undefined, true);
+          });
+        } catch (err) {
+          // No longer a member: there is nothing to rejoin.
+          if (!(err instanceof NotFoundError)) failure = err;
+        }
+      } while (failure !== undefined && s.again && !this.closed);
+    } finally {
+      s.busy = false;
+    }
+    if (this.stranded.get(conversationId) !== s) return;
+    if (failure === undefined) return this.unstrand(conversationId);
+    s.failures++;
+    if (s.failures < this.rejoinAttempts) {
+      s.timer = setTimeout(() => this.rejoinLater(conversationId), this.rejoinDelay(s.failures));
+      return;
+    }
+    const error = new E2eeError(
+      'join_failed',
+      `This device holds no group state for conversation ${conversationId}: its Welcome and ${s.failures} external joins failed. It tries again at the conversation's next commit.`,
+      { cause: failure },
+    );
+    this.queueEmit('error', { context: `rejoining conversation ${conversationId}`, error });
+  }
+
+  /** A rejoin started from a timer: nobody awaits it, so every failure becomes an event. */
+  private rejoinLater(conversationId: string): void {
+    const run = async () => {
+      try {
+        await this.rejoin(conversationId);
+      } catch (err) {
+        this.queueEmit('error', { context: `rejoining conversation ${conversationId}`, error: toError(err) });
+      }
+      await this.drain();
+    };
+    void run();
+  }
+
+  /** Half the exponential delay plus up to as much at random: stranded devices of one commit do not retry in step. */
+  private rejoinDelay(failures: number): number {
+    const d = Math.min(this.rejoinMaxMs, this.rejoinInitialMs * 2 ** (failures - 1));
+    return d / 2 + Math.random() * (d / 2);
   }
 
   private noteCommit(conversationId: string, epoch: number, seq: number): void {
