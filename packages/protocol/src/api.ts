@@ -30,6 +30,7 @@ export const Me = Obj({
   username: Username,
   displayName: DisplayName,
   email: Email,
+  emailVerified: Type.Boolean(),
   avatarUrl: Type.Union([Type.String({ maxLength: 2048 }), Type.Null()]),
   statusText: Type.Union([Type.String({ maxLength: 140 }), Type.Null()]),
   createdAt: Timestamp,

@@ -3,3 +3,4 @@ export * from './common.js';
 export * from './api.js';
 export * from './ws.js';
 export * from './e2ee.js';
+export * from './account.js';

@@ -25,6 +25,8 @@ import { createMessagesService, messagesRoutes } from './modules/messages/index.
 import { createPresenceService, presenceRoutes } from './modules/presence/index.js';
 import { createDevicesService, devicesRoutes } from './modules/devices/index.js';
 import { createMlsService, mlsRoutes } from './modules/mls/index.js';
+import { createMailService, mailRoutes } from './modules/mail/index.js';
+import { accountRoutes, createAccountService } from './modules/account/index.js';
 import { Gateway } from './realtime/gateway.js';
 import type { Services } from './services.js';
 
@@ -65,7 +67,9 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   conversations.onMemberRemoved((trx, c, u) => mls.markPendingRemoval(trx, { conversationId: c, userId: u }));
   devices.onRevoke((trx, d) => mls.markPendingRemoval(trx, { deviceId: d.deviceId }));
   messages.setContentCheck((a, c, content) => mls.checkContent(a, c, content));
-  const services: Services = { auth, users, conversations, messages, presence, devices, mls };
+  const mail = createMailService(ctx);
+  const account = createAccountService(ctx, { auth, mail });
+  const services: Services = { auth, users, conversations, messages, presence, devices, mls, mail, account };
 
   // Fastify's instance type is generic over the logger; widen once so plugins see the default type.
   const httpLog: FastifyBaseLogger = log;
@@ -141,7 +145,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     return result;
   });
 
-  const moduleOpts: ModuleOptions = { ctx, services, requireAuth: makeRequireAuth(auth) };
+  const moduleOpts: ModuleOptions = { ctx, services, requireAuth: makeRequireAuth(auth, config.emailVerification) };
   await fastify.register(authRoutes, moduleOpts);
   await fastify.register(usersRoutes, moduleOpts);
   await fastify.register(conversationsRoutes, moduleOpts);
@@ -149,6 +153,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await fastify.register(presenceRoutes, moduleOpts);
   await fastify.register(devicesRoutes, moduleOpts);
   await fastify.register(mlsRoutes, moduleOpts);
+  await fastify.register(mailRoutes, moduleOpts);
+  await fastify.register(accountRoutes, moduleOpts);
 
   const gateway = new Gateway(ctx, services);
   await fastify.ready();
@@ -156,6 +162,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await events.start();
   await auth.start();
   await presence.start();
+  mail.start();
+  account.start();
 
   // Retention (AF-R6, [E4]): the event log keeps EVENT_RETENTION_DAYS. Every node
   // runs it; pruning is idempotent and the floor only moves up.
@@ -187,6 +195,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         clearInterval(pruneTimer);
         await gateway.shutdown(config.shutdownGraceMs);
         await fastify.close();
+        await account.stop();
+        await mail.stop();
         await messages.stop();
         await presence.stop();
         await auth.stop();

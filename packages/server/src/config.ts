@@ -65,6 +65,20 @@ export interface Config {
   presenceTtlMs: number;
   eventRetentionDays: number;
   shutdownGraceMs: number;
+  /** Transactional mail ([AC1]). smtpUrl null: development/test only; mails are logged and kept in the outbox. */
+  mail: {
+    smtpUrl: string | null;
+    from: string;
+    connectTimeoutMs: number;
+    socketTimeoutMs: number;
+    maxAttempts: number;
+    retryBaseMs: number;
+    pollIntervalMs: number;
+  };
+  /** [AC3] required: unverified accounts may only sign in, read their profile and verify. */
+  emailVerification: 'required' | 'optional';
+  /** Token endpoints and resends ([AC3], [AC7]). */
+  accountLimits: { verifyResendPerHour: number; forgotPerHour: number; tokenAttemptsPerIpPerHour: number };
   autoMigrate: boolean;
   nodeId: string;
 }
@@ -76,7 +90,7 @@ export interface JsonWebKeyWithKid {
 type Env = Record<string, string | undefined>;
 
 /** Variables that hold secrets: each may also come from `<NAME>_FILE` (AF-S3). */
-export const SECRET_VARS = ['JWT_SIGNING_KEYS', 'DATABASE_URL', 'REDIS_URL'] as const;
+export const SECRET_VARS = ['JWT_SIGNING_KEYS', 'DATABASE_URL', 'REDIS_URL', 'MAIL_SMTP_URL'] as const;
 
 /**
  * Reads `NAME` or, when `NAME_FILE` is set, the file it points at. Both set is
@@ -215,6 +229,18 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
   const sslCaFile = env.DATABASE_SSL_CA_FILE ?? null;
   if (sslCaFile !== null && !existsSync(sslCaFile)) problems.push(`DATABASE_SSL_CA_FILE: ${sslCaFile} does not exist`);
 
+  const smtpUrl = readSecret(env, 'MAIL_SMTP_URL', problems) ?? null;
+  if (smtpUrl !== null) {
+    if (!/^smtps?:\/\//.test(smtpUrl)) problems.push('MAIL_SMTP_URL must be an smtp:// or smtps:// URL');
+  } else if (prod) {
+    problems.push('MAIL_SMTP_URL (or MAIL_SMTP_URL_FILE) is required in production: verification and password reset mails must be delivered');
+  }
+  const mailFrom = env.MAIL_FROM ?? (prod ? '' : 'SecureConnect <no-reply@localhost>');
+  if (mailFrom === '') problems.push('MAIL_FROM is required in production (e.g. "SecureConnect <no-reply@example.com>")');
+  const emailVerification = env.EMAIL_VERIFICATION ?? (prod ? 'required' : 'optional');
+  if (emailVerification !== 'required' && emailVerification !== 'optional') problems.push(`EMAIL_VERIFICATION must be required or optional (got "${emailVerification}")`);
+  else if (prod && emailVerification !== 'required') problems.push('EMAIL_VERIFICATION must be required in production');
+
   const port = int(env, 'PORT', 8080, problems, 0, 65535);
   const config: Config = {
     nodeEnv,
@@ -259,6 +285,21 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
     presenceTtlMs: int(env, 'PRESENCE_TTL_MS', 30_000, problems, 300, 600_000),
     eventRetentionDays: int(env, 'EVENT_RETENTION_DAYS', 30, problems, 1, 3650),
     shutdownGraceMs: int(env, 'SHUTDOWN_GRACE_MS', 10_000, problems, 0, 300_000),
+    mail: {
+      smtpUrl,
+      from: mailFrom,
+      connectTimeoutMs: int(env, 'MAIL_CONNECT_TIMEOUT_MS', 10_000, problems, 100, 120_000),
+      socketTimeoutMs: int(env, 'MAIL_SOCKET_TIMEOUT_MS', 30_000, problems, 100, 600_000),
+      maxAttempts: int(env, 'MAIL_MAX_ATTEMPTS', 8, problems, 1, 100),
+      retryBaseMs: int(env, 'MAIL_RETRY_BASE_MS', 30_000, problems, 10, 3_600_000),
+      pollIntervalMs: int(env, 'MAIL_POLL_INTERVAL_MS', 2_000, problems, 10, 600_000),
+    },
+    emailVerification: emailVerification === 'required' ? 'required' : 'optional',
+    accountLimits: {
+      verifyResendPerHour: int(env, 'ACCOUNT_VERIFY_RESEND_PER_HOUR', 5, problems, 1, 10_000_000),
+      forgotPerHour: int(env, 'ACCOUNT_FORGOT_PER_HOUR', 5, problems, 1, 10_000_000),
+      tokenAttemptsPerIpPerHour: int(env, 'ACCOUNT_TOKEN_ATTEMPTS_PER_IP_PER_HOUR', 30, problems, 1, 10_000_000),
+    },
     autoMigrate: bool(env, 'AUTO_MIGRATE', !prod, problems),
     nodeId: env.NODE_ID ?? `node-${randomBytes(4).toString('hex')}`,
   };

@@ -12,6 +12,8 @@ import type {
 import type { Transaction } from 'kysely';
 import type { DB } from './infra/db/schema.js';
 import type { EventEntry } from './infra/eventlog.js';
+import type { AccountService } from './modules/account/service.js';
+import type { MailService } from './modules/mail/service.js';
 
 /** Who is calling: set on the request by the auth hook and on a socket after its auth frame. */
 export interface AuthContext {
@@ -19,6 +21,8 @@ export interface AuthContext {
   sessionId: string;
   /** The E2EE device this session speaks for, or null before one is registered/bound. */
   deviceId: string | null;
+  /** False while the account's email is unverified ([AC3]); absent where no token was verified (internal callers). */
+  emailVerified?: boolean;
 }
 
 /** Where a request comes from; stored on the session it opens. */
@@ -26,6 +30,16 @@ export interface ClientMeta {
   /** Resolved by Fastify with the configured trusted proxies (AF-S6). */
   ip: string;
   userAgent: string | null;
+  /** Preferred mail language from Accept-Language ([AC2]); registration stores it on the account. */
+  locale?: string;
+}
+
+/** A new account, as the account module needs it to send the verification mail ([AC3]). */
+export interface NewAccountInfo {
+  id: string;
+  email: string;
+  displayName: string;
+  locale: string;
 }
 
 export interface AuthService {
@@ -59,6 +73,16 @@ export interface AuthService {
   onSessionBound(listener: (sessionId: string, deviceId: string) => void): () => void;
   /** Ends every live session bound to the device, on every node, like revokeSession ([K5]). */
   revokeDeviceSessions(userId: string, deviceId: string): Promise<void>;
+  /** Runs inside the registration transaction: work that must commit with the account or not at all ([AC1]). */
+  onAccountCreated(hook: (trx: Transaction<DB>, account: NewAccountInfo) => Promise<void>): void;
+  /**
+   * [AC4]/[AC5] Checks the policy, then in one transaction sets the password,
+   * ends the user's sessions (all, or all but `keepSessionId`) and runs
+   * `inTrx`; afterwards announces the revocations to every node.
+   */
+  setPassword(userId: string, newPassword: string, keepSessionId: string | null, inTrx: (trx: Transaction<DB>) => Promise<void>): Promise<void>;
+  /** The user's current password, with the login's throttling and lockouts: AppError('invalid_credentials') or 429. */
+  checkPassword(userId: string, password: string, meta: ClientMeta): Promise<void>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -226,4 +250,6 @@ export interface Services {
   presence: PresenceService;
   devices: DevicesService;
   mls: MlsService;
+  mail: MailService;
+  account: AccountService;
 }

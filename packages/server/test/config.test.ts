@@ -41,6 +41,8 @@ function prodEnv(extra: Record<string, string | undefined> = {}): Record<string,
     DATA_DIR: tempDir(),
     PUBLIC_URL: 'https://chat.example.com',
     JWT_SIGNING_KEYS: signingKeys(),
+    MAIL_SMTP_URL: `smtps://mailer:${STRONG}@smtp.example.com:465`,
+    MAIL_FROM: 'SecureConnect <no-reply@example.com>',
     ...extra,
   };
 }
@@ -148,9 +150,10 @@ describe('configuration', () => {
       JWT_SIGNING_KEYS: signingKeys('from-file'),
       DATABASE_URL: `postgres://app:${STRONG}@db.internal:5432/app`,
       REDIS_URL: `rediss://:${STRONG}@redis.internal:6380`,
+      MAIL_SMTP_URL: `smtps://mailer:${STRONG}@smtp.example.com:465`,
     };
     expect([...SECRET_VARS].sort()).toEqual(Object.keys(values).sort());
-    const env = prodEnv({ JWT_SIGNING_KEYS: undefined });
+    const env = prodEnv({ JWT_SIGNING_KEYS: undefined, MAIL_SMTP_URL: undefined });
     for (const name of SECRET_VARS) {
       const file = join(dir, name.toLowerCase());
       // Mounted secrets usually end with a newline.
@@ -161,6 +164,7 @@ describe('configuration', () => {
     expect(config.jwtSigningKeys[0]!.kid).toBe('from-file');
     expect(config.database.url).toBe(values.DATABASE_URL);
     expect(config.redis.url).toBe(values.REDIS_URL);
+    expect(config.mail.smtpUrl).toBe(values.MAIL_SMTP_URL);
   });
 
   it('[AF-S3] NAME and NAME_FILE both set is an error, and an unreadable file is reported', async () => {

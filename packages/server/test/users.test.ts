@@ -23,7 +23,7 @@ describe('users: profiles and search', () => {
     const res = await req('GET', '/v1/me', { token: me.accessToken });
     expect(res.status).toBe(200);
     expect(res.body).toEqual({
-      id: me.id, username: me.username, displayName: me.username, email: me.email,
+      id: me.id, username: me.username, displayName: me.username, email: me.email, emailVerified: false,
       avatarUrl: null, statusText: null, createdAt: expect.any(String),
     });
     expect(Date.parse(res.body.createdAt)).toBeGreaterThan(Date.now() - 60_000);

@@ -2,6 +2,7 @@ import { Migrator, sql, type Kysely, type Migration, type MigrationResultSet } f
 import type { Dialect } from './index.js';
 import * as m0001 from './migrations/0001_core.js';
 import * as m0002 from './migrations/0002_e2ee.js';
+import * as m0003 from './migrations/0003_account_mail.js';
 
 interface VersionedMigration {
   up(db: Kysely<unknown>, dialect: Dialect): Promise<void>;
@@ -12,6 +13,7 @@ interface VersionedMigration {
 const MIGRATIONS: Record<string, VersionedMigration> = {
   '0001_core': m0001,
   '0002_e2ee': m0002,
+  '0003_account_mail': m0003,
 };
 
 /** Session-level advisory lock key held for a whole migration run on PostgreSQL. */

@@ -15,6 +15,8 @@ export interface UsersTable {
   created_at: Millis;
   updated_at: Millis;
   last_seen_at: Millis | null;
+  email_verified_at: Generated<Millis | null>;
+  locale: Generated<string>;
 }
 
 export interface SessionsTable {
@@ -151,4 +153,34 @@ export interface DB {
   mls_groups: MlsGroupsTable;
   mls_leaves: MlsLeavesTable;
   meta: MetaTable;
+  account_tokens: AccountTokensTable;
+  mail_outbox: MailOutboxTable;
+}
+
+export interface AccountTokensTable {
+  token_hash: string;
+  user_id: string;
+  purpose: 'verify' | 'reset';
+  created_at: Millis;
+  expires_at: Millis;
+  used_at: Millis | null;
+}
+
+export type MailStatus = 'pending' | 'sending' | 'sent' | 'dead';
+
+export interface MailOutboxTable {
+  id: string;
+  to_addr: string;
+  template: string;
+  locale: string;
+  subject: string;
+  text_body: string;
+  html_body: string;
+  status: MailStatus;
+  attempts: number;
+  next_attempt_at: Millis;
+  locked_until: Millis | null;
+  last_error: string | null;
+  created_at: Millis;
+  sent_at: Millis | null;
 }

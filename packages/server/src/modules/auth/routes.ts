@@ -5,15 +5,16 @@ import { Type } from 'typebox';
 import { caller } from '../../http/auth-hook.js';
 import type { ModuleOptions } from '../../http/module.js';
 import type { ClientMeta } from '../../services.js';
+import { pickLocale } from '../mail/templates.js';
 
 const tags = ['auth'];
 const security = [{ bearer: [] }];
 const NoContent = Type.Null({ description: 'No content' });
 const errors = { 400: ErrorResponse, 401: ErrorResponse, 429: ErrorResponse };
 
-function meta(request: FastifyRequest): ClientMeta {
+export function meta(request: FastifyRequest): ClientMeta {
   const ua = request.headers['user-agent'];
-  return { ip: request.ip, userAgent: typeof ua === 'string' && ua.length > 0 ? ua : null };
+  return { ip: request.ip, userAgent: typeof ua === 'string' && ua.length > 0 ? ua : null, locale: pickLocale(request.headers['accept-language']) };
 }
 
 // Registers routes synchronously; FastifyPluginAsync only because app.ts awaits every module alike.

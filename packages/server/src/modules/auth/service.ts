@@ -6,10 +6,10 @@ import { AppError, notFound, rateLimited } from '../../infra/errors.js';
 import { consumeOrThrow } from '../../infra/ratelimit.js';
 import type { Transaction } from 'kysely';
 import type { DB } from '../../infra/db/schema.js';
-import type { AuthContext, AuthService, ClientMeta } from '../../services.js';
-import { hashPassword, makeDummyHash, verifyPassword } from './passwords.js';
+import type { AuthContext, AuthService, ClientMeta, NewAccountInfo } from '../../services.js';
+import { checkPasswordPolicy, hashPassword, makeDummyHash, verifyPassword } from './passwords.js';
 import { isUniqueViolation } from '../../infra/db/errors.js';
-import { AuthStore, type SessionRow } from './store.js';
+import { AuthStore, type Credentials, type SessionRow } from './store.js';
 import { TokenKeys, hashRefreshToken, newRefreshToken, publicJwks } from './tokens.js';
 
 /** Bus channel announcing revoked sessions to every node ([S3]). */
@@ -49,6 +49,8 @@ interface BoundMessage {
 interface CachedSession {
   userId: string;
   deviceId: string | null;
+  /** Cached like the rest, so a fresh verification is seen within SESSION_CACHE_TTL_MS. */
+  emailVerified: boolean;
   /** 0 when the session is known to be revoked: final, so it may be cached as long as tokens live. */
   validUntil: number;
   checkedAt: number;
@@ -79,6 +81,7 @@ export class AuthServiceImpl implements AuthService {
   private readonly accountFailures: RateLimiterAbstract;
   private readonly ipFailures: RateLimiterAbstract;
   private readonly lockouts: RateLimiterAbstract;
+  private readonly accountHooks: ((trx: Transaction<DB>, account: NewAccountInfo) => Promise<void>)[] = [];
 
   constructor(private readonly ctx: AppContext) {
     this.store = new AuthStore(ctx.database);
@@ -128,7 +131,10 @@ export class AuthServiceImpl implements AuthService {
     const displayName = body.displayName ?? body.username;
     const { session, refreshToken } = this.newSession(userId, body.device, meta);
     try {
-      await this.store.createAccount({ id: userId, email, username: body.username, displayName, passwordHash }, session);
+      const locale = meta.locale ?? 'en';
+      await this.store.createAccount({ id: userId, email, username: body.username, displayName, passwordHash, locale }, session, async (trx) => {
+        for (const hook of this.accountHooks) await hook(trx, { id: userId, email, displayName, locale });
+      });
     } catch (err) {
       // Two registrations raced past the check: the constraint decides, with the same answer.
       if (isUniqueViolation(err)) await this.throwIfTaken(email, usernameLower);
@@ -146,12 +152,47 @@ export class AuthServiceImpl implements AuthService {
    * hash) and get the same answer as wrong passwords.
    */
   async login(body: LoginBody, meta: ClientMeta): Promise<AuthResult> {
+    const loginLower = body.login.trim().toLowerCase();
+    const user = await this.throttledVerify(meta, loginLower, () => this.store.findCredentials(loginLower), body.password);
+    const { session, refreshToken } = this.newSession(user.id, body.device, meta);
+    await this.store.createSession(session);
+    return { user: { id: user.id, username: user.username, displayName: user.display_name }, ...(await this.tokens(user.id, session.id, refreshToken)) };
+  }
+
+  onAccountCreated(hook: (trx: Transaction<DB>, account: NewAccountInfo) => Promise<void>): void {
+    this.accountHooks.push(hook);
+  }
+
+  /** [AC5] The current password is checked against the same budgets and lockouts as a login. */
+  async checkPassword(userId: string, password: string, meta: ClientMeta): Promise<void> {
+    await this.throttledVerify(meta, `id:${userId}`, () => this.store.findCredentialsById(userId), password);
+  }
+
+  /** [AC4]/[AC5] */
+  async setPassword(userId: string, newPassword: string, keepSessionId: string | null, inTrx: (trx: Transaction<DB>) => Promise<void>): Promise<void> {
+    const ids = await this.store.contextWords(userId);
+    if (!ids) throw new AppError('unauthorized');
+    checkPasswordPolicy(newPassword, [ids.email, ids.username_lower]);
+    const passwordHash = await hashPassword(newPassword);
+    const reason = keepSessionId === null ? 'password_reset' : 'password_changed';
+    const revoked = await this.store.setPassword(userId, passwordHash, keepSessionId, Date.now(), reason, inTrx);
+    await this.announceRevoked(userId, revoked);
+  }
+
+  /**
+   * [S4]/AF-A2. Every attempt consumes a point per account and per IP before
+   * the password is checked (so parallel guesses cannot slip past the
+   * limit); success clears the account's count and refunds the IP's. Running
+   * out locks the key for a time that doubles with each lockout in a day.
+   * Unknown logins go through the same steps, the same argon2 work (a dummy
+   * hash) and get the same answer as wrong passwords.
+   */
+  private async throttledVerify(meta: ClientMeta, fallbackKey: string, find: () => Promise<Credentials | undefined>, password: string): Promise<Credentials> {
     const ipKey = `ip:${meta.ip}`;
     const ipLeft = await this.consumeAttempt(this.ipFailures, ipKey);
-    const loginLower = body.login.trim().toLowerCase();
-    const user = await this.store.findCredentials(loginLower);
+    const user = await find();
     // The account key is the user id when the login names one, so email and username share one budget.
-    const accountKey = user ? `u:${user.id}` : `l:${loginLower}`;
+    const accountKey = user ? `u:${user.id}` : `l:${fallbackKey}`;
     let accountLeft: number;
     try {
       accountLeft = await this.consumeAttempt(this.accountFailures, accountKey);
@@ -160,7 +201,7 @@ export class AuthServiceImpl implements AuthService {
       throw err;
     }
 
-    const ok = await verifyPassword(user?.password_hash ?? (await this.dummy()), body.password);
+    const ok = await verifyPassword(user?.password_hash ?? (await this.dummy()), password);
     if (!user || !ok) {
       this.ctx.log.info({ ip: meta.ip }, 'login failed');
       if (ipLeft === 0) await this.lockOut(this.ipFailures, ipKey);
@@ -169,10 +210,7 @@ export class AuthServiceImpl implements AuthService {
     }
     await this.accountFailures.delete(accountKey);
     await this.ipFailures.reward(ipKey, 1);
-
-    const { session, refreshToken } = this.newSession(user.id, body.device, meta);
-    await this.store.createSession(session);
-    return { user: { id: user.id, username: user.username, displayName: user.display_name }, ...(await this.tokens(user.id, session.id, refreshToken)) };
+    return user;
   }
 
   /** [S2] */
@@ -267,7 +305,7 @@ export class AuthServiceImpl implements AuthService {
     } else {
       // Stale on purpose (checkedAt 0): the next use reads the session, and a
       // read that was already under way cannot put back the unbound state.
-      this.cacheSet(sessionId, { userId: '', deviceId, validUntil: 1, checkedAt: 0 });
+      this.cacheSet(sessionId, { userId: '', deviceId, emailVerified: false, validUntil: 1, checkedAt: 0 });
     }
     for (const l of this.boundListeners) {
       try {
@@ -319,7 +357,7 @@ export class AuthServiceImpl implements AuthService {
   private applyRevoked(userId: string, sessionIds: string[]): void {
     const now = Date.now();
     for (const id of sessionIds) {
-      this.cacheSet(id, { userId, deviceId: null, validUntil: 0, checkedAt: now });
+      this.cacheSet(id, { userId, deviceId: null, emailVerified: false, validUntil: 0, checkedAt: now });
       for (const l of this.listeners) {
         try {
           l(id, userId);
@@ -344,7 +382,7 @@ export class AuthServiceImpl implements AuthService {
     const claims = await (await this.tokenKeys()).verify(token);
     const s = await this.sessionState(claims.sessionId);
     if (s.userId !== claims.userId || s.validUntil <= Date.now()) throw new AppError('invalid_token');
-    return { userId: claims.userId, sessionId: claims.sessionId, deviceId: s.deviceId };
+    return { userId: claims.userId, sessionId: claims.sessionId, deviceId: s.deviceId, emailVerified: s.emailVerified };
   }
 
   private async sessionState(sessionId: string): Promise<CachedSession> {
@@ -363,8 +401,8 @@ export class AuthServiceImpl implements AuthService {
   private async loadSession(sessionId: string): Promise<CachedSession> {
     const checkedAt = Date.now();
     const row = await this.store.getSession(sessionId);
-    if (!row) return { userId: '', deviceId: null, validUntil: 0, checkedAt };
-    const entry: CachedSession = { userId: row.user_id, deviceId: row.device_id, validUntil: row.revoked_at === null ? row.expires_at : 0, checkedAt };
+    if (!row) return { userId: '', deviceId: null, emailVerified: false, validUntil: 0, checkedAt };
+    const entry: CachedSession = { userId: row.user_id, deviceId: row.device_id, emailVerified: row.email_verified_at !== null, validUntil: row.revoked_at === null ? row.expires_at : 0, checkedAt };
     const prev = this.cache.get(sessionId);
     // Bindings only ever go from none to one device, so one announced while we read wins over what we read.
     if (entry.deviceId === null && prev?.deviceId) entry.deviceId = prev.deviceId;
@@ -443,13 +481,6 @@ export class AuthServiceImpl implements AuthService {
     await limiter.block(key, blockSec);
     this.ctx.log.warn({ scope: key.startsWith('ip:') ? key : 'account', blockSec }, 'login locked out');
   }
-}
-
-/** ASVS 6.2.1 (length) and 6.2.11-style context words; the schema also bounds length. */
-function checkPasswordPolicy(password: string, contextWords: string[]): void {
-  if ([...password].length < 8) throw new AppError('weak_password', 'The password must have at least 8 characters.');
-  const lower = password.toLowerCase();
-  if (contextWords.some((w) => w.length > 0 && lower === w)) throw new AppError('weak_password', 'The password must not be your email or username.');
 }
 
 function clip(s: string | null, max: number): string | null {

@@ -20,6 +20,7 @@ export interface NewAccount {
   username: string;
   displayName: string;
   passwordHash: string;
+  locale: string;
 }
 
 export interface NewSession {
@@ -63,7 +64,7 @@ export class AuthStore {
   }
 
   /** Account, first session and first refresh token in one transaction: no account without a way in. */
-  async createAccount(a: NewAccount, s: NewSession): Promise<void> {
+  async createAccount(a: NewAccount, s: NewSession, inTrx: (trx: Transaction<DB>) => Promise<void>): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
       await trx
         .insertInto('users')
@@ -79,9 +80,11 @@ export class AuthStore {
           created_at: s.now,
           updated_at: s.now,
           last_seen_at: null,
+          locale: a.locale,
         })
         .execute();
       await insertSession(trx, s);
+      await inTrx(trx);
     });
   }
 
@@ -94,15 +97,45 @@ export class AuthStore {
       .executeTakeFirst();
   }
 
+  async findCredentialsById(userId: string): Promise<Credentials | undefined> {
+    return this.db.selectFrom('users').select(['id', 'username', 'display_name', 'password_hash']).where('id', '=', userId).executeTakeFirst();
+  }
+
+  async contextWords(userId: string): Promise<{ email: string; username_lower: string } | undefined> {
+    return this.db.selectFrom('users').select(['email', 'username_lower']).where('id', '=', userId).executeTakeFirst();
+  }
+
+  /**
+   * New hash, sessions ended (all, or all but `keepId`) and the caller's
+   * `inTrx` work in one transaction; returns the revoked session ids.
+   */
+  async setPassword(userId: string, passwordHash: string, keepId: string | null, now: Millis, reason: string, inTrx: (trx: Transaction<DB>) => Promise<void>): Promise<string[]> {
+    return this.db.transaction().execute(async (trx) => {
+      await trx.updateTable('users').set({ password_hash: passwordHash, updated_at: now }).where('id', '=', userId).execute();
+      const rows = await trx
+        .updateTable('sessions')
+        .set({ revoked_at: now, revoked_reason: reason })
+        .where('user_id', '=', userId)
+        .$if(keepId !== null, (q) => q.where('id', '!=', keepId!))
+        .where('revoked_at', 'is', null)
+        .returning('id')
+        .execute();
+      await inTrx(trx);
+      return rows.map((r) => r.id);
+    });
+  }
+
   async createSession(s: NewSession): Promise<void> {
     await this.db.transaction().execute((trx) => insertSession(trx, s));
   }
 
-  async getSession(id: string): Promise<SessionRow | undefined> {
+  /** With the owner's verification state, which the auth hook needs on every request ([AC3]). */
+  async getSession(id: string): Promise<(SessionRow & { email_verified_at: Millis | null }) | undefined> {
     return this.db
-      .selectFrom('sessions')
-      .select(['id', 'user_id', 'device', 'user_agent', 'ip', 'created_at', 'last_seen_at', 'expires_at', 'revoked_at', 'device_id'])
-      .where('id', '=', id)
+      .selectFrom('sessions as s')
+      .innerJoin('users as u', 'u.id', 's.user_id')
+      .select(['s.id', 's.user_id', 's.device', 's.user_agent', 's.ip', 's.created_at', 's.last_seen_at', 's.expires_at', 's.revoked_at', 's.device_id', 'u.email_verified_at'])
+      .where('s.id', '=', id)
       .executeTakeFirst();
   }
 

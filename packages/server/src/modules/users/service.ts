@@ -26,6 +26,7 @@ export class UsersServiceImpl implements UsersService {
     return {
       ...toPublic(row),
       email: row.email,
+      emailVerified: row.email_verified_at !== null,
       createdAt: new Date(row.created_at).toISOString(),
     };
   }

@@ -3,7 +3,7 @@ import type { Database, Dialect } from '../../infra/db/index.js';
 import type { DB, Millis, UsersTable } from '../../infra/db/schema.js';
 
 export type ProfileRow = Pick<UsersTable, 'id' | 'username' | 'display_name' | 'avatar_url' | 'status_text'>;
-export type MeRow = ProfileRow & Pick<UsersTable, 'email' | 'created_at'>;
+export type MeRow = ProfileRow & Pick<UsersTable, 'email' | 'created_at'> & { email_verified_at: number | null };
 
 export interface ProfilePatch {
   display_name?: string;
@@ -30,7 +30,7 @@ export class UsersStore {
   }
 
   async getMe(id: string): Promise<MeRow | undefined> {
-    return this.db.selectFrom('users').select([...PROFILE, 'email', 'created_at']).where('id', '=', id).executeTakeFirst();
+    return this.db.selectFrom('users').select([...PROFILE, 'email', 'created_at', 'email_verified_at']).where('id', '=', id).executeTakeFirst();
   }
 
   async updateProfile(id: string, patch: ProfilePatch, now: Millis): Promise<void> {
