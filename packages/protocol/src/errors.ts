@@ -13,8 +13,11 @@ export const ERRORS = {
   invalid_token: { status: 401, message: 'The access token is invalid or expired.' },
   invalid_credentials: { status: 401, message: 'The login or password is wrong.' },
   invalid_refresh_token: { status: 401, message: 'The refresh token is invalid, expired or already used.' },
+  invalid_mfa_code: { status: 401, message: 'The two-factor code is wrong or was already used.' },
+  invalid_mfa_token: { status: 401, message: 'The two-factor sign-in challenge is invalid, expired or already used; sign in again.' },
   forbidden: { status: 403, message: 'You may not do this.' },
   email_unverified: { status: 403, message: 'Verify your email address first.' },
+  reauth_required: { status: 403, message: 'Confirm your password (and two-factor code) again first: POST /v1/auth/reauth.' },
   origin_forbidden: { status: 403, message: 'This origin is not allowed.' },
   not_found: { status: 404, message: 'Not found.' },
   method_not_allowed: { status: 405, message: 'Method not allowed.' },
@@ -69,6 +72,8 @@ export const CLOSE_CODES = {
   originForbidden: 4403,
   /** No traffic within the heartbeat window. */
   heartbeatTimeout: 4408,
+  /** The account's email is not verified yet and verification is required (HTTP answers 403 email_unverified). */
+  emailUnverified: 4412,
   /** The session was revoked (logout, revoke, password change). */
   sessionRevoked: 4409,
   /** The resume cursor is older than the retained history: resync from REST. */

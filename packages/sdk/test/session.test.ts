@@ -535,9 +535,10 @@ describe('Session against a real server', () => {
     });
     const ready = await a.session.start();
     a.sockets[0]!.blackhole = true; // so this send stays unacknowledged
-    const pending = a.session.send(conv.id, { type: 'text', text: 'in flight' });
+    // Caught at once: the revocation may reach the socket before revokeSession's response does.
+    const pending = a.session.send(conv.id, { type: 'text', text: 'in flight' }).catch((e: unknown) => e);
     await other.revokeSession(ready.sessionId);
-    const err = await pending.catch((e: unknown) => e);
+    const err = await pending;
     expect(err).toBeInstanceOf(SessionError);
     expect(err).toMatchObject({ code: 'closed', reason: 'revoked' });
     await until(() => closed.length === 1, 'the closed event');

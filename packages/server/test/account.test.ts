@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { commonPasswordCount } from '../src/modules/auth/passwords.js';
-import { client, registerUser, startApp, uid, type Res, type Running, type TestUser } from './helpers.js';
+import { CLOSE_CODES } from '@secureconnect/protocol';
+import { WsClient, client, registerUser, startApp, uid, type Res, type Running, type TestUser } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Long enough for every node's session cache to re-read the account ([S3]). */
@@ -57,6 +58,18 @@ describe('[AC3] email verification required', () => {
     await sleep(CACHE_MS);
     expect((await req('GET', '/v1/me', { token: u.accessToken })).body.emailVerified).toBe(true);
     expect((await req('POST', '/v1/conversations', { token: u.accessToken, body: { type: 'direct', userId: other.id } })).status).toBe(201);
+  });
+
+  it('[AC3] an unverified account cannot open the WebSocket (close 4412); once verified it can', async () => {
+    const u = await registerUser(s.url);
+    const held = await WsClient.open(s.wsUrl);
+    held.send({ type: 'auth', token: u.accessToken });
+    expect((await held.waitClose()).code).toBe(CLOSE_CODES.emailUnverified);
+    const token = tokenOf((await lastMail(s, u.email, 'verify_email')).text_body);
+    expect((await req('POST', '/v1/account/verify', { body: { token } })).status).toBe(204);
+    await sleep(CACHE_MS);
+    const ok = await WsClient.connect(s.wsUrl, u.accessToken);
+    ok.close();
   });
 
   it('[AC3] a resend replaces the previous link and is rate limited per account', async () => {

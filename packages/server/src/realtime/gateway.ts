@@ -1,3 +1,4 @@
+import { isHeldUnverified } from '../http/auth-hook.js';
 import { randomInt } from 'node:crypto';
 import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -26,6 +27,8 @@ const MAX_PENDING_LIVE = 5_000;
 const MEMBER_CACHE_MAX = 20_000;
 /** How long a closed-for-slowness socket may take to flush its close frame before it is cut. */
 const SLOW_CONSUMER_GRACE_MS = 2_000;
+/** A socket's queue for the current tick is written out early once it holds this much. */
+const FLUSH_AT_BYTES = 64 * 1024;
 /** A revocation that races a connection's auth is remembered this long. */
 const REVOKED_MEMORY_MS = 60_000;
 
@@ -34,12 +37,19 @@ type State = 'auth' | 'authenticating' | 'buffering' | 'live';
 interface Pending {
   /** Durable events carry their log id; ephemeral ones (null) take the cursor at flush time. */
   id: number | null;
-  data: Buffer | EphemeralEvent;
+  data: Frame | EphemeralEvent;
 }
 
 interface Conn {
   readonly id: string;
   readonly ws: WebSocket;
+  /** The upgraded TCP (or TLS) socket under `ws`: pre-framed bytes are written to it directly. */
+  readonly socket: Duplex;
+  /** Frames queued this tick, written together by the next flush (one writev per socket). */
+  out: Buffer[];
+  /** Completion callbacks by index into `out` (only replay pacing uses them). */
+  outCbs: (((err?: Error | null) => void) | undefined)[] | null;
+  outBytes: number;
   state: State;
   closing: boolean;
   auth: AuthContext | null;
@@ -71,7 +81,7 @@ export interface GatewayOptions {
  */
 export class Gateway {
   /** Counters for tests and metrics. */
-  readonly counters = { accepted: 0, rejectedUpgrades: 0, rateLimited: 0, slowConsumers: 0, heartbeatTimeouts: 0, revoked: 0, fanoutErrors: 0 };
+  readonly counters = { accepted: 0, rejectedUpgrades: 0, rateLimited: 0, slowConsumers: 0, heartbeatTimeouts: 0, revoked: 0, fanoutErrors: 0, framesWritten: 0, socketWrites: 0 };
   private readonly wss: WebSocketServer;
   private readonly conns = new Set<Conn>();
   private readonly byUser = new Map<string, Set<Conn>>();
@@ -84,6 +94,9 @@ export class Gateway {
   private attached: Server | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private chain: Promise<void> = Promise.resolve();
+  /** Sockets with frames queued for the next flush. */
+  private dirty: Conn[] = [];
+  private flushScheduled = false;
   private readonly cleanups: (() => void)[] = [];
   private subscribed: Promise<void> = Promise.resolve();
   private onEmpty: (() => void) | undefined;
@@ -159,7 +172,7 @@ export class Gateway {
     // [G2]/[AF-R2]: browsers always send Origin; non-browser clients may omit it.
     const origin = req.headers.origin;
     if (origin !== undefined && !this.allowedOrigins.has(origin)) return this.refuse(socket, 403, 'origin_forbidden');
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket));
   };
 
   private refuse(socket: Duplex, status: number, code: ErrorCode): void {
@@ -171,10 +184,10 @@ export class Gateway {
     );
   }
 
-  private onConnection(ws: WebSocket): void {
+  private onConnection(ws: WebSocket, socket: Duplex): void {
     const { ws: limits } = this.ctx.config;
     const conn: Conn = {
-      id: uuidv7(), ws, state: 'auth', closing: false, auth: null, cursor: 0, pending: [], overflowed: false, early: [],
+      id: uuidv7(), ws, socket, out: [], outCbs: null, outBytes: 0, state: 'auth', closing: false, auth: null, cursor: 0, pending: [], overflowed: false, early: [],
       alive: true, tokens: limits.frameBurst, refilledAt: performance.now(), inflight: 0, authTimer: undefined,
     };
     const full = this.conns.size >= limits.maxConnectionsPerNode;
@@ -204,6 +217,7 @@ export class Gateway {
         .catch((err: unknown) => this.ctx.log.warn({ err, userId: auth.userId }, 'presence disconnect failed'));
     }
     conn.pending = [];
+    this.dropQueued(conn);
     if (this.conns.size === 0 && this.onEmpty) {
       this.onEmpty();
       this.onEmpty = undefined;
@@ -214,6 +228,8 @@ export class Gateway {
     if (conn.closing) return;
     conn.closing = true;
     clearTimeout(conn.authTimer);
+    // The close frame goes through ws's own sender: what this tick queued must be on the wire before it.
+    this.flushConn(conn);
     try {
       conn.ws.close(code, reason);
     } catch (err) {
@@ -336,6 +352,8 @@ export class Gateway {
     }
     if (conn.closing) return;
     if (this.revokedAt.has(auth.sessionId)) return this.close(conn, CLOSE_CODES.sessionRevoked, 'session revoked');
+    // The HTTP API holds unverified accounts to a few account routes ([AC3]); the socket carries messages, so it is closed to them.
+    if (isHeldUnverified(this.ctx.config.emailVerification, auth)) return this.close(conn, CLOSE_CODES.emailUnverified, 'email not verified');
 
     const resumeFrom = frame.cursor === undefined ? null : Number(frame.cursor);
     if (resumeFrom !== null && !Number.isSafeInteger(resumeFrom)) return this.close(conn, CLOSE_CODES.badFrame, 'invalid cursor');
@@ -376,7 +394,7 @@ export class Gateway {
       if (conn.closing) return;
       for (const e of page) {
         const data = eventFrame(e);
-        if (conn.ws.bufferedAmount > this.ctx.config.ws.maxBufferedBytes / 2) {
+        if (this.backlog(conn) > this.ctx.config.ws.maxBufferedBytes / 2) {
           // A replay may hold far more than the slow-consumer limit: wait until the client has taken what is queued.
           const taken = await new Promise<boolean>((resolve) => {
             if (!this.write(conn, data, (err) => resolve(!err))) resolve(false);
@@ -396,9 +414,9 @@ export class Gateway {
     conn.pending = [];
     conn.state = 'live';
     for (const p of held) {
-      if (p.id === null) this.write(conn, ephemeralFrame(conn.cursor, p.data as EphemeralEvent));
+      if (p.id === null) this.write(conn, ephemeralFrame(conn.cursor, JSON.stringify(p.data)));
       else if (p.id > conn.cursor) {
-        if (!this.write(conn, p.data as Buffer)) return;
+        if (!this.write(conn, p.data as Frame)) return;
         conn.cursor = p.id;
       }
     }
@@ -425,9 +443,20 @@ export class Gateway {
 
   // ---- writing ----
 
-  /** Sends unless the socket is behind by more than the limit, in which case it is cut off ([G3]). */
-  private write(conn: Conn, data: string | Buffer, cb?: (err?: Error) => void): boolean {
-    if (conn.ws.readyState !== WebSocket.OPEN) return false;
+  /** Bytes this socket has not yet handed to the kernel: ws's and the socket's buffers plus this tick's queue. */
+  private backlog(conn: Conn): number {
+    return conn.ws.bufferedAmount + conn.outBytes;
+  }
+
+  /**
+   * Queues a frame unless the socket is behind by more than the limit, in
+   * which case it is cut off ([G3]). Frames are built once per event and the
+   * same bytes go to every recipient; a socket's frames of one tick leave in
+   * one write ([G7]).
+   */
+  private write(conn: Conn, data: string | Frame, cb?: (err?: Error | null) => void): boolean {
+    if (conn.ws.readyState !== WebSocket.OPEN || !conn.socket.writable) return false;
+    // What the kernel has not taken yet; this tick's queue is bounded by flushing early (FLUSH_AT_BYTES).
     if (conn.ws.bufferedAmount > this.ctx.config.ws.maxBufferedBytes) {
       this.counters.slowConsumers++;
       this.close(conn, CLOSE_CODES.slowConsumer, 'slow consumer');
@@ -435,10 +464,55 @@ export class Gateway {
       setTimeout(() => conn.ws.terminate(), SLOW_CONSUMER_GRACE_MS).unref();
       return false;
     }
-    // Always a text frame: fan-out passes one shared UTF-8 Buffer so the
-    // payload is encoded once per event, not once per recipient socket.
-    conn.ws.send(data, TEXT_FRAME, cb);
+    const frame = typeof data === 'string' ? textFrame(data) : data;
+    conn.out.push(frame);
+    conn.outBytes += frame.length;
+    if (cb) (conn.outCbs ??= [])[conn.out.length - 1] = cb;
+    if (conn.outBytes >= FLUSH_AT_BYTES) {
+      this.flushConn(conn);
+      return true;
+    }
+    if (conn.out.length === 1) this.dirty.push(conn);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushAll);
+    }
     return true;
+  }
+
+  private readonly flushAll = (): void => {
+    this.flushScheduled = false;
+    const dirty = this.dirty;
+    this.dirty = [];
+    for (const c of dirty) this.flushConn(c);
+  };
+
+  private flushConn(conn: Conn): void {
+    const { out, outCbs } = conn;
+    if (out.length === 0) return;
+    conn.out = [];
+    conn.outCbs = null;
+    conn.outBytes = 0;
+    const { socket } = conn;
+    if (!socket.writable) return failCallbacks(outCbs);
+    this.counters.socketWrites++;
+    this.counters.framesWritten += out.length;
+    if (out.length === 1) {
+      socket.write(out[0]!, outCbs?.[0]);
+      return;
+    }
+    // Corked writes leave as one writev: one syscall per socket per tick, not per frame.
+    socket.cork();
+    for (let i = 0; i < out.length; i++) socket.write(out[i]!, outCbs?.[i]);
+    socket.uncork();
+  }
+
+  private dropQueued(conn: Conn): void {
+    const cbs = conn.outCbs;
+    conn.out = [];
+    conn.outCbs = null;
+    conn.outBytes = 0;
+    failCallbacks(cbs);
   }
 
   // ---- fan-out ([G5]) ----
@@ -509,7 +583,7 @@ export class Gateway {
     return set;
   }
 
-  private deliver(conn: Conn, id: number, deviceId: string | null, data: Buffer): void {
+  private deliver(conn: Conn, id: number, deviceId: string | null, data: Frame): void {
     if (conn.closing) return;
     // Addressed to one device: other sockets of the user skip it, and their cursor passes over it on the next event.
     if (deviceId !== null && conn.auth?.deviceId !== deviceId) return;
@@ -548,10 +622,17 @@ export class Gateway {
   private onEphemeral(m: unknown): void {
     if (!isObject(m) || !Array.isArray(m.userIds) || !isObject(m.event)) return;
     const msg = m as unknown as EphemeralMessage;
+    // The frame carries each socket's cursor, but live sockets mostly share the latest one: build each variant once.
+    const json = JSON.stringify(msg.event);
+    const frames = new Map<number, Frame>();
     for (const userId of msg.userIds) {
       for (const c of this.byUser.get(userId) ?? []) {
         if (c.closing) continue;
-        if (c.state === 'live') this.write(c, ephemeralFrame(c.cursor, msg.event));
+        if (c.state === 'live') {
+          let frame = frames.get(c.cursor);
+          if (!frame) frames.set(c.cursor, (frame = ephemeralFrame(c.cursor, json)));
+          this.write(c, frame);
+        }
         else if (c.state === 'buffering' && c.pending.length < MAX_PENDING_LIVE) c.pending.push({ id: null, data: msg.event });
       }
     }
@@ -573,15 +654,48 @@ export class Gateway {
   }
 }
 
-const TEXT_FRAME = { binary: false } as const;
 
-/** Encoded once per event and shared by every recipient socket (never mutated after). */
-function eventFrame(e: StoredEvent): Buffer {
-  return Buffer.from(JSON.stringify({ type: 'event', cursor: String(e.id), event: e.event }));
+/** A complete, unmasked WebSocket text frame (header + UTF-8 payload), shared by every socket it goes to and never mutated. */
+type Frame = Buffer & { readonly __frame: true };
+
+/**
+ * Frames `text` as one final, unmasked text frame (RFC 6455 §5.2; servers
+ * never mask). ws would frame it again for every socket; built here once, the
+ * same bytes go to all recipients. Only valid while permessage-deflate is off
+ * (the constructor's WebSocketServer options) since nothing is compressed.
+ */
+function textFrame(text: string): Frame {
+  const length = Buffer.byteLength(text);
+  const header = length < 126 ? 2 : length < 65_536 ? 4 : 10;
+  const buf = Buffer.allocUnsafe(header + length);
+  buf[0] = 0x81;
+  if (header === 2) buf[1] = length;
+  else if (header === 4) {
+    buf[1] = 126;
+    buf.writeUInt16BE(length, 2);
+  } else {
+    buf[1] = 127;
+    buf.writeUInt32BE(0, 2);
+    buf.writeUInt32BE(length, 6);
+  }
+  buf.write(text, header, 'utf8');
+  return buf as Frame;
 }
 
-function ephemeralFrame(cursor: number, event: EphemeralEvent): string {
-  return JSON.stringify({ type: 'event', cursor: String(cursor), event });
+/** Serialised and framed once per event, whatever the number of recipients. */
+function eventFrame(e: StoredEvent): Frame {
+  return textFrame(JSON.stringify({ type: 'event', cursor: String(e.id), event: e.event }));
+}
+
+/** `eventJson` is the event serialised once; only the cursor differs between sockets. */
+function ephemeralFrame(cursor: number, eventJson: string): Frame {
+  return textFrame(`{"type":"event","cursor":"${cursor}","event":${eventJson}}`);
+}
+
+function failCallbacks(cbs: (((err?: Error | null) => void) | undefined)[] | null): void {
+  if (!cbs) return;
+  const err = new Error('socket closed');
+  for (const cb of cbs) cb?.(err);
 }
 
 function rawToString(data: RawData): string {
