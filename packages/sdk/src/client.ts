@@ -2,9 +2,24 @@ import type {
   AuthResult, BindDeviceBody, ClaimKeyPackagesBody, ClaimKeyPackagesResult, Content, Conversation, ConversationPage,
   CreateConversationBody, Device, DeviceList, KeyPackageStatus, Me, Member, Message, MessagePage, MlsCommitBody,
   MlsGroupStatus, MlsInitBody, Presence, PublicUser, RegisterDeviceBody, Role, Session, TokenPair, UpdateMeBody,
-  UploadKeyPackagesBody, UserSearchResult,
+  UploadKeyPackagesBody, UserSearchResult, LoginResult, MfaStatus, ReauthResult, RecoveryCodes, TotpEnrolment,
 } from '@secureconnect/protocol';
 import { ServerError, errorFromResponse } from './errors.js';
+
+/**
+ * Thrown by {@link SecureConnectClient.login} when the account has two-factor
+ * authentication: no session exists yet. Finish with
+ * {@link SecureConnectClient.loginMfa} and `mfaToken` within `expiresIn` seconds.
+ */
+export class MfaRequiredError extends Error {
+  constructor(readonly mfaToken: string, readonly expiresIn: number) {
+    super('Two-factor authentication required: call loginMfa() with a code.');
+    this.name = 'MfaRequiredError';
+  }
+}
+
+/** A current authenticator code, or one of the account's single-use recovery codes. */
+export type SecondFactor = { code: string } | { recoveryCode: string };
 
 /** Access and refresh token of a signed-in session. */
 export interface Tokens {
@@ -106,9 +121,49 @@ export class SecureConnectClient {
     return this.adopt(await this.request<AuthResult>('POST', '/v1/auth/register', body, false));
   }
 
-  /** Signs in with email or username. */
+  /**
+   * Signs in with email or username. Accounts with two-factor authentication
+   * get {@link MfaRequiredError} (carrying the challenge) instead of a session.
+   */
   async login(login: string, password: string, device?: string): Promise<AuthResult> {
-    return this.adopt(await this.request<AuthResult>('POST', '/v1/auth/login', { login, password, ...(device ? { device } : {}) }, false));
+    const result = await this.request<LoginResult>('POST', '/v1/auth/login', { login, password, ...(device ? { device } : {}) }, false);
+    if ('mfaRequired' in result) throw new MfaRequiredError(result.mfaToken, result.expiresIn);
+    return this.adopt(result);
+  }
+
+  /** Second sign-in step: the challenge from {@link MfaRequiredError} with a code or a recovery code. */
+  async loginMfa(mfaToken: string, factor: SecondFactor): Promise<AuthResult> {
+    return this.adopt(await this.request<AuthResult>('POST', '/v1/auth/login/mfa', { mfaToken, ...factor }, false));
+  }
+
+  /** Confirms the password (and a second factor when 2FA is on); 2FA settings may then be changed for a few minutes. */
+  async reauth(password: string, factor?: SecondFactor): Promise<ReauthResult> {
+    return this.request<ReauthResult>('POST', '/v1/auth/reauth', { password, ...factor });
+  }
+
+  /** Whether 2FA is on and how many recovery codes are left. */
+  mfaStatus(): Promise<MfaStatus> {
+    return this.request<MfaStatus>('GET', '/v1/account/mfa');
+  }
+
+  /** Starts TOTP enrolment (needs {@link reauth} first): show `otpauthUri` as a QR code. */
+  enrolTotp(): Promise<TotpEnrolment> {
+    return this.request<TotpEnrolment>('POST', '/v1/account/mfa/totp');
+  }
+
+  /** Activates TOTP with a first code; the recovery codes are returned this once. */
+  confirmTotp(code: string): Promise<RecoveryCodes> {
+    return this.request<RecoveryCodes>('POST', '/v1/account/mfa/totp/confirm', { code });
+  }
+
+  /** Turns 2FA off (needs {@link reauth} first); the account's other sessions end. */
+  async disableTotp(factor: SecondFactor): Promise<void> {
+    await this.request<void>('DELETE', '/v1/account/mfa/totp', factor);
+  }
+
+  /** Replaces the recovery codes (needs {@link reauth} first). */
+  regenerateRecoveryCodes(): Promise<RecoveryCodes> {
+    return this.request<RecoveryCodes>('POST', '/v1/account/mfa/recovery-codes');
   }
 
   /** Rotates the refresh token and renews the access token. */

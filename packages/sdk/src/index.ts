@@ -5,7 +5,7 @@
  * `ws`) are in `@secureconnect/sdk/node`.
  */
 export {
-  SecureConnectClient, newClientMsgId, type ClientOptions, type CreateOptions, type HistoryOptions, type MlsCommitResult, type Tokens,
+  SecureConnectClient, MfaRequiredError, newClientMsgId, type ClientOptions, type SecondFactor, type CreateOptions, type HistoryOptions, type MlsCommitResult, type Tokens,
 } from './client.js';
 export {
   Session, SessionError, type CursorStore, type ServerEventOf, type SessionClosed, type SessionErrorEvent, type SessionEventName,

@@ -27,6 +27,7 @@ import { createDevicesService, devicesRoutes } from './modules/devices/index.js'
 import { createMlsService, mlsRoutes } from './modules/mls/index.js';
 import { createMailService, mailRoutes } from './modules/mail/index.js';
 import { accountRoutes, createAccountService } from './modules/account/index.js';
+import { createMfaService, mfaRoutes } from './modules/mfa/index.js';
 import { Gateway } from './realtime/gateway.js';
 import type { Services } from './services.js';
 
@@ -69,7 +70,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   messages.setContentCheck((a, c, content) => mls.checkContent(a, c, content));
   const mail = createMailService(ctx);
   const account = createAccountService(ctx, { auth, mail });
-  const services: Services = { auth, users, conversations, messages, presence, devices, mls, mail, account };
+  const mfa = createMfaService(ctx, { auth, mail });
+  const services: Services = { auth, users, conversations, messages, presence, devices, mls, mail, account, mfa };
 
   // Fastify's instance type is generic over the logger; widen once so plugins see the default type.
   const httpLog: FastifyBaseLogger = log;
@@ -155,6 +157,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await fastify.register(mlsRoutes, moduleOpts);
   await fastify.register(mailRoutes, moduleOpts);
   await fastify.register(accountRoutes, moduleOpts);
+  await fastify.register(mfaRoutes, moduleOpts);
 
   const gateway = new Gateway(ctx, services);
   await fastify.ready();
@@ -164,6 +167,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await presence.start();
   mail.start();
   account.start();
+  mfa.start();
 
   // Retention (AF-R6, [E4]): the event log keeps EVENT_RETENTION_DAYS. Every node
   // runs it; pruning is idempotent and the floor only moves up.
@@ -196,6 +200,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         await gateway.shutdown(config.shutdownGraceMs);
         await fastify.close();
         await account.stop();
+        mfa.stop();
         await mail.stop();
         await messages.stop();
         await presence.stop();

@@ -79,6 +79,10 @@ export interface Config {
   emailVerification: 'required' | 'optional';
   /** Token endpoints and resends ([AC3], [AC7]). */
   accountLimits: { verifyResendPerHour: number; forgotPerHour: number; tokenAttemptsPerIpPerHour: number };
+  /** [MF1] 32-byte AES-256-GCM key that encrypts TOTP secrets at rest. */
+  mfaEncryptionKey: Buffer;
+  /** [MF5] How long a re-authentication lets a session change security settings. */
+  reauthTtlSec: number;
   autoMigrate: boolean;
   nodeId: string;
 }
@@ -90,7 +94,7 @@ export interface JsonWebKeyWithKid {
 type Env = Record<string, string | undefined>;
 
 /** Variables that hold secrets: each may also come from `<NAME>_FILE` (AF-S3). */
-export const SECRET_VARS = ['JWT_SIGNING_KEYS', 'DATABASE_URL', 'REDIS_URL', 'MAIL_SMTP_URL'] as const;
+export const SECRET_VARS = ['JWT_SIGNING_KEYS', 'DATABASE_URL', 'REDIS_URL', 'MAIL_SMTP_URL', 'MFA_ENCRYPTION_KEY'] as const;
 
 /**
  * Reads `NAME` or, when `NAME_FILE` is set, the file it points at. Both set is
@@ -241,6 +245,16 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
   if (emailVerification !== 'required' && emailVerification !== 'optional') problems.push(`EMAIL_VERIFICATION must be required or optional (got "${emailVerification}")`);
   else if (prod && emailVerification !== 'required') problems.push('EMAIL_VERIFICATION must be required in production');
 
+  let mfaEncryptionKey: Buffer | null = null;
+  const mfaRaw = readSecret(env, 'MFA_ENCRYPTION_KEY', problems);
+  if (mfaRaw !== undefined) {
+    const key = Buffer.from(mfaRaw, 'base64');
+    if (key.length !== 32 || !/^[A-Za-z0-9+/]+={0,2}$/.test(mfaRaw)) problems.push('MFA_ENCRYPTION_KEY must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)');
+    else mfaEncryptionKey = key;
+  } else if (prod) {
+    problems.push('MFA_ENCRYPTION_KEY (or MFA_ENCRYPTION_KEY_FILE) is required in production: 32 bytes in base64 that encrypt TOTP secrets');
+  }
+
   const port = int(env, 'PORT', 8080, problems, 0, 65535);
   const config: Config = {
     nodeEnv,
@@ -300,12 +314,15 @@ export async function loadConfig(env: Env = process.env): Promise<Config> {
       forgotPerHour: int(env, 'ACCOUNT_FORGOT_PER_HOUR', 5, problems, 1, 10_000_000),
       tokenAttemptsPerIpPerHour: int(env, 'ACCOUNT_TOKEN_ATTEMPTS_PER_IP_PER_HOUR', 30, problems, 1, 10_000_000),
     },
+    mfaEncryptionKey: mfaEncryptionKey ?? Buffer.alloc(0),
+    reauthTtlSec: int(env, 'REAUTH_TTL_SEC', 300, problems, 1, 3600),
     autoMigrate: bool(env, 'AUTO_MIGRATE', !prod, problems),
     nodeId: env.NODE_ID ?? `node-${randomBytes(4).toString('hex')}`,
   };
   if (problems.length > 0) throw new ConfigError(problems);
 
   if (config.jwtSigningKeys.length === 0) config.jwtSigningKeys = [await devSigningKey(dataDir)];
+  if (config.mfaEncryptionKey.length === 0) config.mfaEncryptionKey = devMfaKey(dataDir);
   return config;
 }
 
@@ -357,4 +374,22 @@ async function devSigningKey(dataDir: string): Promise<JsonWebKeyWithKid> {
   }
   chmodSync(file, 0o600);
   return jwk;
+}
+
+/** Development only: the TOTP secret key, generated once and kept in the data dir with mode 0600 ([MF1]). */
+function devMfaKey(dataDir: string): Buffer {
+  const dir = join(dataDir, 'secrets');
+  const file = join(dir, 'mfa-encryption-key');
+  if (existsSync(file)) return Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const key = randomBytes(32);
+  try {
+    writeFileSync(file, key.toString('base64'), { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    // Another process sharing the data dir won the race: use its key.
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+    throw err;
+  }
+  chmodSync(file, 0o600);
+  return key;
 }

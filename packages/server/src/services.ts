@@ -4,7 +4,7 @@
  * each can be read, tested and replaced on its own.
  */
 import type {
-  AuthResult, ClaimKeyPackagesBody, ClaimKeyPackagesResult, Content, Device, KeyPackageStatus, MlsCommitBody, MlsGroupStatus, MlsInitBody,
+  AuthResult, LoginResult, MfaChallenge, ClaimKeyPackagesBody, ClaimKeyPackagesResult, Content, Device, KeyPackageStatus, MlsCommitBody, MlsGroupStatus, MlsInitBody,
   RegisterDeviceBody, UploadKeyPackagesBody, Conversation, EphemeralEvent, Jwks, LoginBody, Me, Message, Presence, PublicUser, RegisterBody, Role,
   SendMessageBody, Session, TokenPair, UpdateMeBody, UserSearchQuery, UserSearchResult,
   ConversationPage, CreateConversationBody, HistoryQuery, Member, PageQuery,
@@ -14,6 +14,7 @@ import type { DB } from './infra/db/schema.js';
 import type { EventEntry } from './infra/eventlog.js';
 import type { AccountService } from './modules/account/service.js';
 import type { MailService } from './modules/mail/service.js';
+import type { MfaService } from './modules/mfa/service.js';
 
 /** Who is calling: set on the request by the auth hook and on a socket after its auth frame. */
 export interface AuthContext {
@@ -42,9 +43,20 @@ export interface NewAccountInfo {
   locale: string;
 }
 
+/**
+ * [MF2] Asked after a correct password: a challenge when the account needs a
+ * second factor (no session is opened), null to open the session at once.
+ */
+export type LoginGate = (userId: string, device: string | null) => Promise<MfaChallenge | null>;
+
 export interface AuthService {
   register(body: RegisterBody, meta: ClientMeta): Promise<AuthResult>;
-  login(body: LoginBody, meta: ClientMeta): Promise<AuthResult>;
+  /** Tokens, or the 2FA challenge the login gate answers with ([MF2]). */
+  login(body: LoginBody, meta: ClientMeta): Promise<LoginResult>;
+  /** Installs the second-factor check of login (one gate; the MFA module). */
+  setLoginGate(gate: LoginGate): void;
+  /** [MF2] Opens a session for a user whose factors the caller has all checked; AppError('invalid_credentials') if the user is gone. */
+  openSession(userId: string, device: string | null, meta: ClientMeta): Promise<AuthResult>;
   /** Rotates the refresh token; a used one presented again revokes its session. */
   refresh(refreshToken: string, meta: ClientMeta): Promise<TokenPair>;
   logout(auth: AuthContext): Promise<void>;
@@ -252,4 +264,5 @@ export interface Services {
   mls: MlsService;
   mail: MailService;
   account: AccountService;
+  mfa: MfaService;
 }

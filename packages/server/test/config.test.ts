@@ -43,6 +43,7 @@ function prodEnv(extra: Record<string, string | undefined> = {}): Record<string,
     JWT_SIGNING_KEYS: signingKeys(),
     MAIL_SMTP_URL: `smtps://mailer:${STRONG}@smtp.example.com:465`,
     MAIL_FROM: 'SecureConnect <no-reply@example.com>',
+    MFA_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString('base64'),
     ...extra,
   };
 }
@@ -151,9 +152,10 @@ describe('configuration', () => {
       DATABASE_URL: `postgres://app:${STRONG}@db.internal:5432/app`,
       REDIS_URL: `rediss://:${STRONG}@redis.internal:6380`,
       MAIL_SMTP_URL: `smtps://mailer:${STRONG}@smtp.example.com:465`,
+      MFA_ENCRYPTION_KEY: Buffer.alloc(32, 9).toString('base64'),
     };
     expect([...SECRET_VARS].sort()).toEqual(Object.keys(values).sort());
-    const env = prodEnv({ JWT_SIGNING_KEYS: undefined, MAIL_SMTP_URL: undefined });
+    const env = prodEnv({ JWT_SIGNING_KEYS: undefined, MAIL_SMTP_URL: undefined, MFA_ENCRYPTION_KEY: undefined });
     for (const name of SECRET_VARS) {
       const file = join(dir, name.toLowerCase());
       // Mounted secrets usually end with a newline.
@@ -165,6 +167,7 @@ describe('configuration', () => {
     expect(config.database.url).toBe(values.DATABASE_URL);
     expect(config.redis.url).toBe(values.REDIS_URL);
     expect(config.mail.smtpUrl).toBe(values.MAIL_SMTP_URL);
+    expect(config.mfaEncryptionKey.equals(Buffer.alloc(32, 9))).toBe(true);
   });
 
   it('[AF-S3] NAME and NAME_FILE both set is an error, and an unreadable file is reported', async () => {

@@ -3,6 +3,7 @@ import type { Dialect } from './index.js';
 import * as m0001 from './migrations/0001_core.js';
 import * as m0002 from './migrations/0002_e2ee.js';
 import * as m0003 from './migrations/0003_account_mail.js';
+import * as m0004 from './migrations/0004_mfa.js';
 
 interface VersionedMigration {
   up(db: Kysely<unknown>, dialect: Dialect): Promise<void>;
@@ -14,6 +15,7 @@ const MIGRATIONS: Record<string, VersionedMigration> = {
   '0001_core': m0001,
   '0002_e2ee': m0002,
   '0003_account_mail': m0003,
+  '0004_mfa': m0004,
 };
 
 /** Session-level advisory lock key held for a whole migration run on PostgreSQL. */

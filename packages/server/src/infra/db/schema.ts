@@ -155,6 +155,10 @@ export interface DB {
   meta: MetaTable;
   account_tokens: AccountTokensTable;
   mail_outbox: MailOutboxTable;
+  mfa_totp: MfaTotpTable;
+  mfa_recovery_codes: MfaRecoveryCodesTable;
+  mfa_challenges: MfaChallengesTable;
+  mfa_reauth: MfaReauthTable;
 }
 
 export interface AccountTokensTable {
@@ -183,4 +187,35 @@ export interface MailOutboxTable {
   last_error: string | null;
   created_at: Millis;
   sent_at: Millis | null;
+}
+
+export interface MfaTotpTable {
+  user_id: string;
+  /** base64 of iv (12) | ciphertext | tag (16), AES-256-GCM under MFA_ENCRYPTION_KEY. */
+  secret_enc: string;
+  created_at: Millis;
+  enabled_at: Millis | null;
+  last_step: number | null;
+}
+
+export interface MfaRecoveryCodesTable {
+  code_hash: string;
+  user_id: string;
+  created_at: Millis;
+  used_at: Millis | null;
+}
+
+export interface MfaChallengesTable {
+  token_hash: string;
+  user_id: string;
+  device: string | null;
+  created_at: Millis;
+  expires_at: Millis;
+  used_at: Millis | null;
+}
+
+export interface MfaReauthTable {
+  session_id: string;
+  user_id: string;
+  until: Millis;
 }

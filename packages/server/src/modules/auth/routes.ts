@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { AuthResult, ErrorResponse, Id, Jwks, LoginBody, Obj, RefreshBody, RegisterBody, SessionList, TokenPair } from '@secureconnect/protocol';
+import { AuthResult, ErrorResponse, Id, Jwks, LoginBody, LoginResult, Obj, RefreshBody, RegisterBody, SessionList, TokenPair } from '@secureconnect/protocol';
 import { Type } from 'typebox';
 import { caller } from '../../http/auth-hook.js';
 import type { ModuleOptions } from '../../http/module.js';
@@ -34,7 +34,7 @@ export const authRoutes: FastifyPluginAsync<ModuleOptions> = (app, { services, r
   }, async (req, reply) => reply.status(201).send(await auth.register(req.body, meta(req))));
 
   r.post('/v1/auth/login', {
-    schema: { tags, summary: 'Open a session with email or username and password', body: LoginBody, response: { 200: AuthResult, ...errors } },
+    schema: { tags, summary: 'Open a session with email or username and password; accounts with 2FA get a challenge instead (POST /v1/auth/login/mfa)', body: LoginBody, response: { 200: LoginResult, ...errors } },
   }, async (req) => auth.login(req.body, meta(req)));
 
   r.post('/v1/auth/refresh', {

@@ -1,4 +1,4 @@
-import type { AuthResult, Jwks, LoginBody, RegisterBody, Session, TokenPair } from '@secureconnect/protocol';
+import type { AuthResult, Jwks, LoginBody, LoginResult, RegisterBody, Session, TokenPair } from '@secureconnect/protocol';
 import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import { uuidv7 } from 'uuidv7';
 import type { AppContext } from '../../context.js';
@@ -6,7 +6,7 @@ import { AppError, notFound, rateLimited } from '../../infra/errors.js';
 import { consumeOrThrow } from '../../infra/ratelimit.js';
 import type { Transaction } from 'kysely';
 import type { DB } from '../../infra/db/schema.js';
-import type { AuthContext, AuthService, ClientMeta, NewAccountInfo } from '../../services.js';
+import type { AuthContext, AuthService, ClientMeta, LoginGate, NewAccountInfo } from '../../services.js';
 import { checkPasswordPolicy, hashPassword, makeDummyHash, verifyPassword } from './passwords.js';
 import { isUniqueViolation } from '../../infra/db/errors.js';
 import { AuthStore, type Credentials, type SessionRow } from './store.js';
@@ -82,6 +82,7 @@ export class AuthServiceImpl implements AuthService {
   private readonly ipFailures: RateLimiterAbstract;
   private readonly lockouts: RateLimiterAbstract;
   private readonly accountHooks: ((trx: Transaction<DB>, account: NewAccountInfo) => Promise<void>)[] = [];
+  private loginGate: LoginGate | undefined;
 
   constructor(private readonly ctx: AppContext) {
     this.store = new AuthStore(ctx.database);
@@ -151,10 +152,28 @@ export class AuthServiceImpl implements AuthService {
    * Unknown logins go through the same steps, the same argon2 work (a dummy
    * hash) and get the same answer as wrong passwords.
    */
-  async login(body: LoginBody, meta: ClientMeta): Promise<AuthResult> {
+  async login(body: LoginBody, meta: ClientMeta): Promise<LoginResult> {
     const loginLower = body.login.trim().toLowerCase();
     const user = await this.throttledVerify(meta, loginLower, () => this.store.findCredentials(loginLower), body.password);
-    const { session, refreshToken } = this.newSession(user.id, body.device, meta);
+    // [MF2] A second factor, when the account has one, is asked for before any session exists.
+    const challenge = this.loginGate ? await this.loginGate(user.id, body.device ?? null) : null;
+    if (challenge) return challenge;
+    return this.sessionFor(user, body.device ?? null, meta);
+  }
+
+  setLoginGate(gate: LoginGate): void {
+    this.loginGate = gate;
+  }
+
+  /** [MF2] For the second login step, after the caller has checked every factor. */
+  async openSession(userId: string, device: string | null, meta: ClientMeta): Promise<AuthResult> {
+    const user = await this.store.findCredentialsById(userId);
+    if (!user) throw new AppError('invalid_credentials');
+    return this.sessionFor(user, device, meta);
+  }
+
+  private async sessionFor(user: Credentials, device: string | null, meta: ClientMeta): Promise<AuthResult> {
+    const { session, refreshToken } = this.newSession(user.id, device ?? undefined, meta);
     await this.store.createSession(session);
     return { user: { id: user.id, username: user.username, displayName: user.display_name }, ...(await this.tokens(user.id, session.id, refreshToken)) };
   }

@@ -1,7 +1,7 @@
 import type { MailLocale } from '@secureconnect/protocol';
 import { MAIL_LOCALES } from '@secureconnect/protocol';
 
-export type MailTemplate = 'verify_email' | 'password_reset' | 'password_changed';
+export type MailTemplate = 'verify_email' | 'password_reset' | 'password_changed' | 'mfa_enabled' | 'mfa_disabled';
 
 export interface MailVars {
   /** The recipient's display name: user input, so escaped in HTML. */
@@ -76,6 +76,34 @@ const STRINGS: Record<MailTemplate, Record<MailLocale, Strings>> = {
       greeting: (n) => `Dobrý den, ${n},`,
       lines: ['heslo k vašemu účtu SecureConnect bylo právě změněno a ostatní relace byly odhlášeny.'],
       footer: 'Pokud jste to nebyli vy, ihned si heslo obnovte a zkontrolujte své relace.',
+    },
+  },
+  mfa_enabled: {
+    en: {
+      subject: 'Two-factor authentication enabled',
+      greeting: (n) => `Hello ${n},`,
+      lines: ['two-factor authentication was just turned on for your SecureConnect account. Signing in now needs a code from your authenticator app.'],
+      footer: 'If this was not you, reset your password at once and review your sessions.',
+    },
+    cs: {
+      subject: 'Dvoufázové ověření zapnuto',
+      greeting: (n) => `Dobrý den, ${n},`,
+      lines: ['u vašeho účtu SecureConnect bylo právě zapnuto dvoufázové ověření. Přihlášení nyní vyžaduje kód z ověřovací aplikace.'],
+      footer: 'Pokud jste to nebyli vy, ihned si heslo obnovte a zkontrolujte své relace.',
+    },
+  },
+  mfa_disabled: {
+    en: {
+      subject: 'Two-factor authentication disabled',
+      greeting: (n) => `Hello ${n},`,
+      lines: ['two-factor authentication was just turned off for your SecureConnect account, and your other sessions were signed out.'],
+      footer: 'If this was not you, reset your password at once and turn two-factor authentication on again.',
+    },
+    cs: {
+      subject: 'Dvoufázové ověření vypnuto',
+      greeting: (n) => `Dobrý den, ${n},`,
+      lines: ['u vašeho účtu SecureConnect bylo právě vypnuto dvoufázové ověření a ostatní relace byly odhlášeny.'],
+      footer: 'Pokud jste to nebyli vy, ihned si heslo obnovte a dvoufázové ověření znovu zapněte.',
     },
   },
 };
