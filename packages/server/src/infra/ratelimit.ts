@@ -28,12 +28,28 @@ export class Limiters {
   }
 }
 
-/** Consumes a point or throws `rate_limited` with the right Retry-After. */
-export async function consumeOrThrow(limiter: RateLimiterAbstract, key: string, points = 1): Promise<void> {
+/** Consumes a point or throws `rate_limited` with the right Retry-After; returns the points left. */
+export async function consumeOrThrow(limiter: RateLimiterAbstract, key: string, points = 1): Promise<number> {
   try {
-    await limiter.consume(key, points);
+    return (await limiter.consume(key, points)).remainingPoints;
   } catch (err) {
     if (err instanceof RateLimiterRes) throw rateLimited(err.msBeforeNext / 1000);
     throw err;
   }
+}
+
+/** Longest lockout of a credential check, however many lockouts came before. */
+export const LOCKOUT_MAX_SEC = 24 * 3600;
+
+/**
+ * Locks `key` on `limiter` after the failure that spent its budget: for
+ * base * 2^(lockouts so far - 1) seconds, capped at LOCKOUT_MAX_SEC, so
+ * repeated guessing (password or second factor, [S4], [MF2]) waits longer
+ * each time. Returns the seconds locked.
+ */
+export async function lockOut(lockouts: RateLimiterAbstract, limiter: RateLimiterAbstract, key: string, baseSec: number): Promise<number> {
+  const lockout = await lockouts.consume(key);
+  const blockSec = Math.min(baseSec * 2 ** Math.min(lockout.consumedPoints - 1, 30), LOCKOUT_MAX_SEC);
+  await limiter.block(key, blockSec);
+  return blockSec;
 }

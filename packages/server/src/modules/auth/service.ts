@@ -1,9 +1,9 @@
 import type { AuthResult, Jwks, LoginBody, LoginResult, RegisterBody, Session, TokenPair } from '@secureconnect/protocol';
-import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import { uuidv7 } from 'uuidv7';
 import type { AppContext } from '../../context.js';
-import { AppError, notFound, rateLimited } from '../../infra/errors.js';
-import { consumeOrThrow } from '../../infra/ratelimit.js';
+import { AppError, notFound } from '../../infra/errors.js';
+import { consumeOrThrow, lockOut } from '../../infra/ratelimit.js';
 import type { Transaction } from 'kysely';
 import type { DB } from '../../infra/db/schema.js';
 import type { AuthContext, AuthService, ClientMeta, LoginGate, NewAccountInfo } from '../../services.js';
@@ -27,7 +27,6 @@ const SESSION_CACHE_MAX = 100_000;
 const TOUCH_INTERVAL_MS = 60_000;
 /** How long the lockout count behind growing lockouts is remembered. */
 const LOCKOUT_MEMORY_SEC = 24 * 3600;
-const LOCKOUT_MAX_SEC = 24 * 3600;
 const SESSION_LIST_MAX = 200;
 /** Ended sessions are kept this long (reuse detection, audit) before they are purged. */
 const ENDED_SESSION_RETENTION_MS = 7 * 24 * 3600 * 1000;
@@ -208,13 +207,13 @@ export class AuthServiceImpl implements AuthService {
    */
   private async throttledVerify(meta: ClientMeta, fallbackKey: string, find: () => Promise<Credentials | undefined>, password: string): Promise<Credentials> {
     const ipKey = `ip:${meta.ip}`;
-    const ipLeft = await this.consumeAttempt(this.ipFailures, ipKey);
+    const ipLeft = await consumeOrThrow(this.ipFailures, ipKey);
     const user = await find();
     // The account key is the user id when the login names one, so email and username share one budget.
     const accountKey = user ? `u:${user.id}` : `l:${fallbackKey}`;
     let accountLeft: number;
     try {
-      accountLeft = await this.consumeAttempt(this.accountFailures, accountKey);
+      accountLeft = await consumeOrThrow(this.accountFailures, accountKey);
     } catch (err) {
       await this.ipFailures.reward(ipKey, 1);
       throw err;
@@ -482,22 +481,9 @@ export class AuthServiceImpl implements AuthService {
     if (taken.username) throw new AppError('username_taken');
   }
 
-  /** Takes one attempt from the budget (429 once it is spent or the key is locked); returns what is left. */
-  private async consumeAttempt(limiter: RateLimiterAbstract, key: string): Promise<number> {
-    try {
-      return (await limiter.consume(key)).remainingPoints;
-    } catch (err) {
-      if (err instanceof RateLimiterRes) throw rateLimited(err.msBeforeNext / 1000);
-      throw err;
-    }
-  }
 
-  /** The failure that spent the budget locks the key for base * 2^(lockouts today - 1) seconds. */
   private async lockOut(limiter: RateLimiterAbstract, key: string): Promise<void> {
-    const lockout = await this.lockouts.consume(key);
-    const base = this.ctx.config.authLimits.loginLockoutBaseSec;
-    const blockSec = Math.min(base * 2 ** Math.min(lockout.consumedPoints - 1, 30), LOCKOUT_MAX_SEC);
-    await limiter.block(key, blockSec);
+    const blockSec = await lockOut(this.lockouts, limiter, key, this.ctx.config.authLimits.loginLockoutBaseSec);
     this.ctx.log.warn({ scope: key.startsWith('ip:') ? key : 'account', blockSec }, 'login locked out');
   }
 }

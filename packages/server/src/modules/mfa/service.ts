@@ -1,11 +1,12 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import type { AuthResult, ConfirmTotpBody, DisableTotpBody, LoginMfaBody, MfaChallenge, MfaStatus, ReauthBody, ReauthResult, RecoveryCodes, TotpEnrolment } from '@secureconnect/protocol';
 import { Secret, TOTP } from 'otpauth';
-import { RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Transaction } from 'kysely';
 import type { AppContext } from '../../context.js';
 import type { DB } from '../../infra/db/schema.js';
-import { AppError, rateLimited } from '../../infra/errors.js';
+import { AppError } from '../../infra/errors.js';
+import { consumeOrThrow, lockOut } from '../../infra/ratelimit.js';
 import type { AuthContext, AuthService, ClientMeta } from '../../services.js';
 import type { MailService } from '../mail/service.js';
 import type { MailTemplate } from '../mail/templates.js';
@@ -20,7 +21,6 @@ const TOTP_PERIOD_SEC = 30;
 const TOTP_WINDOW = 1;
 const ISSUER = 'SecureConnect';
 const LOCKOUT_MEMORY_SEC = 24 * 3600;
-const LOCKOUT_MAX_SEC = 24 * 3600;
 const PURGE_INTERVAL_MS = 3600_000;
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
@@ -194,10 +194,10 @@ export class MfaService {
   private async throttled(meta: ClientMeta, userId: string, check: () => Promise<boolean>): Promise<void> {
     const ipKey = `ip:${meta.ip}`;
     const accountKey = `u:${userId}`;
-    const ipLeft = await this.consume(this.ipFailures, ipKey);
+    const ipLeft = await consumeOrThrow(this.ipFailures, ipKey);
     let accountLeft: number;
     try {
-      accountLeft = await this.consume(this.accountFailures, accountKey);
+      accountLeft = await consumeOrThrow(this.accountFailures, accountKey);
     } catch (err) {
       await this.ipFailures.reward(ipKey, 1);
       throw err;
@@ -212,20 +212,9 @@ export class MfaService {
     await this.ipFailures.reward(ipKey, 1);
   }
 
-  private async consume(limiter: RateLimiterAbstract, key: string): Promise<number> {
-    try {
-      return (await limiter.consume(key)).remainingPoints;
-    } catch (err) {
-      if (err instanceof RateLimiterRes) throw rateLimited(err.msBeforeNext / 1000);
-      throw err;
-    }
-  }
 
   private async lockOut(limiter: RateLimiterAbstract, key: string): Promise<void> {
-    const lockout = await this.lockouts.consume(key);
-    const base = this.ctx.config.authLimits.loginLockoutBaseSec;
-    const blockSec = Math.min(base * 2 ** Math.min(lockout.consumedPoints - 1, 30), LOCKOUT_MAX_SEC);
-    await limiter.block(key, blockSec);
+    const blockSec = await lockOut(this.lockouts, limiter, key, this.ctx.config.authLimits.loginLockoutBaseSec);
     this.ctx.log.warn({ scope: key.startsWith('ip:') ? key : 'account', blockSec }, 'second factor locked out');
   }
 
