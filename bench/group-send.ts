@@ -26,12 +26,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as hdr from 'hdr-histogram-js';
 import { freshDatabaseUrl } from '../packages/server/test/helpers.js';
+import { api } from './load/common.js';
+import { BENCH_ENV, freePort } from './load/targets.js';
 import WebSocket from 'ws';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -70,31 +71,6 @@ interface Target {
   stop(): Promise<void>;
 }
 
-/** Limits a benchmark must not trip: every client shares one IP and one sender sends fast. */
-const BENCH_ENV: Record<string, string> = {
-  NODE_ENV: 'test',
-  HOST: '127.0.0.1',
-  LOG_LEVEL: 'warn',
-  HTTP_RATE_LIMIT_PER_MINUTE: '10000000',
-  AUTH_REGISTER_PER_IP_PER_HOUR: '10000000',
-  AUTH_REFRESH_PER_IP_PER_MINUTE: '10000000',
-  USER_SEARCH_PER_MINUTE: '10000000',
-  WS_FRAMES_PER_SECOND: '100000',
-  WS_FRAME_BURST: '100000',
-  WS_MAX_CONNECTIONS_PER_NODE: '1000000',
-};
-
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startTarget(): Promise<Target> {
   if (args.url) return { url: args.url.replace(/\/$/, ''), stop: () => Promise.resolve() };
@@ -153,16 +129,6 @@ interface User {
   token: string;
 }
 
-async function api<T>(base: string, method: string, path: string, token: string | null, body?: unknown): Promise<T> {
-  const res = await fetch(base + path, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    body: body !== undefined ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text.slice(0, 200)}`);
-  return (text ? JSON.parse(text) : undefined) as T;
-}
 
 /** Registers `n` users, `concurrency` at a time (argon2 is deliberately slow). Nothing is cached. */
 async function registerUsers(base: string, n: number): Promise<User[]> {

@@ -141,3 +141,15 @@ export function fromB64(s: string): Uint32Array {
 
 /** A short text body padded to a fixed size, so all three targets carry the same payload. */
 export const PAD = 'x'.repeat(64);
+
+/** JSON REST call of a benchmark's setup; throws with the status and the start of the body on failure. */
+export async function api<T>(base: string, method: string, path: string, token: string | null, body?: unknown): Promise<T> {
+  const res = await fetch(base + path, {
+    method,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text.slice(0, 200)}`);
+  return (text ? JSON.parse(text) : undefined) as T;
+}

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type * as hdr from 'hdr-histogram-js';
 import {
-  fromB64, mergeHistograms, sleep, summary,
+  api, fromB64, mergeHistograms, sleep, summary,
   type ConnSpec, type FromWorker, type TargetKind, type ToWorker, type WorkerChatResult, type WorkerFanoutResult,
 } from './common.js';
 import { ROOT, startTarget, type Probe, type Target } from './targets.js';
@@ -88,16 +88,6 @@ interface User {
   token: string;
 }
 
-async function api<T>(base: string, method: string, path: string, token: string | null, body?: unknown): Promise<T> {
-  const res = await fetch(base + path, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    body: body !== undefined ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text.slice(0, 200)}`);
-  return (text ? JSON.parse(text) : undefined) as T;
-}
 
 /** Runs `fn(i)` for i in [0, n), `concurrency` at a time. */
 async function parallel(n: number, concurrency: number, fn: (i: number) => Promise<void>): Promise<void> {
